@@ -1,0 +1,3 @@
+"""Realtime game scoreboard server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,52 @@
+"""Short-lived shared state: nonces, rate-limit counters, sequence high-water marks, revocations, caches.
+
+Two implementations with one contract (tests/test_kv_contract.py runs on both):
+`memory.MemoryKV` for a single process and `redis.RedisKV` for many processes sharing one Redis.
+Every time is in Unix milliseconds and comes from the caller (`now_ms`), so expiry is testable without sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The verdict of one GCRA check: allowed or not, with what a 429 response needs."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after_ms: int
+    reset_after_ms: int
+
+
+class KV(Protocol):
+    async def get(self, key: str, now_ms: int) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, now_ms: int, ttl_ms: int | None = None) -> None: ...
+
+    async def set_nx(self, key: str, value: bytes, now_ms: int, ttl_ms: int) -> bool:
+        """Store only if absent (or expired); True when this call stored it."""
+
+    async def delete(self, key: str) -> None: ...
+
+    async def rate_limit(self, key: str, rate: int, period_ms: int, burst: int, now_ms: int,
+                         cost: int = 1) -> RateDecision:
+        """GCRA: `rate` requests per `period_ms` with `burst` allowed at once; atomic under concurrency."""
+
+    async def advance(self, key: str, value: int, now_ms: int, ttl_ms: int) -> int | None:
+        """Raise the stored integer to `value` if `value` is greater; return the previous value
+        (None when absent) on success, or raise `NotGreater` with the current value."""
+
+    async def retreat(self, key: str, value: int, previous: int | None, now_ms: int, ttl_ms: int) -> None:
+        """Undo an `advance`: put back `previous` only if the stored value is still `value`."""
+
+    async def close(self) -> None: ...
+
+
+class NotGreater(Exception):
+    def __init__(self, current: int) -> None:
+        super().__init__(f"not greater than {current}")
+        self.current = current
