@@ -73,3 +73,37 @@ def event_loop_runner():
 @pytest.fixture
 def redis_prefix(unique) -> str:
     return f"sbtest:{unique}:"
+
+
+@pytest.fixture
+def server_factory(backend, tmp_path):
+    """Start app servers (in-process threads) on `backend`; all are stopped and cleaned up afterwards."""
+    from harness import ServerThread, cleanup, merge, raw_config
+
+    started, raws = [], []
+
+    def start(extra: dict | None = None, clock=None, raw: dict | None = None):
+        base = raw or raw_config(backend, tmp_path, REDIS_URL, POSTGRES_URL)
+        if raw is None:
+            raws.append(base)
+        server = ServerThread(merge(base, extra or {}), clock)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+    for raw in raws:
+        cleanup(raw)
+
+
+@pytest.fixture
+def server(server_factory):
+    return server_factory()
+
+
+@pytest.fixture
+def client(server):
+    from harness import Http
+
+    return Http(server.url)

@@ -1,0 +1,128 @@
+"""The one place errors are rendered, request ids assigned and bodies bounded."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import tornado.web
+
+from .. import wire
+from ..errors import InvalidRequest, NotFound, PayloadTooLarge, ScoreboardError
+from ..users import ClientInfo, Principal
+
+log = logging.getLogger("scoreboard.http")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+TORNADO_CODES = {400: InvalidRequest, 404: NotFound, 405: InvalidRequest, 413: PayloadTooLarge}
+
+
+@tornado.web.stream_request_body
+class BaseHandler(tornado.web.RequestHandler):
+    """Bodies are streamed so an oversized one is refused with a 413 body instead of a dropped connection."""
+
+    route = "other"
+
+    def initialize(self, app: Any) -> None:
+        self.app = app
+        self.started = time.perf_counter()
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.too_large = False
+
+    @property
+    def max_body(self) -> int:
+        return self.app.config.server.max_body_bytes
+
+    def prepare(self) -> None:
+        incoming = self.request.headers.get("X-Request-Id", "")
+        self.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+        self.set_header("X-Request-Id", self.request_id)
+        self.set_header("Cache-Control", "no-store")
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise PayloadTooLarge(f"body over {self.max_body} bytes")
+        # Past the limit the body is read and dropped; past 64x it is not read at all.
+        self.request.connection.set_max_body_size(self.max_body * 64)
+
+    def data_received(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.max_body:
+            self.too_large = True
+            self.chunks.clear()
+        elif not self.too_large:
+            self.chunks.append(chunk)
+
+    @property
+    def raw_body(self) -> bytes:
+        if self.too_large:
+            raise PayloadTooLarge(f"body over {self.max_body} bytes")
+        return b"".join(self.chunks)
+
+    def json_body(self) -> dict:
+        return wire.loads_object(self.raw_body)
+
+    def client_info(self) -> ClientInfo:
+        return ClientInfo(self.request.remote_ip or "", self.request.headers.get("User-Agent", "")[:256],
+                          self.request_id)
+
+    async def principal(self, allow_suspended: bool = False) -> Principal:
+        return await self.app.users.authenticate(self.request.headers.get("Authorization"), allow_suspended)
+
+    def send_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(wire.dumps(value))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = _as_protocol_error(status_code, kwargs.get("exc_info"))
+        self.set_status(error.status)
+        for name, value in error.headers().items():
+            self.set_header(name, value)
+        if not hasattr(self, "request_id"):
+            self.request_id = uuid.uuid4().hex
+            self.set_header("X-Request-Id", self.request_id)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(wire.dumps(error.body(self.request_id)))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, ScoreboardError | tornado.web.HTTPError):
+            return  # expected refusals are logged once by the access log with their status
+        super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        status = self.get_status()
+        self.app.metrics.requests.labels(self.route, str(status)).inc()
+        self.app.metrics.latency.labels(self.route).observe(time.perf_counter() - self.started)
+
+
+def _as_protocol_error(status_code: int, exc_info: Any) -> ScoreboardError:
+    exc = exc_info[1] if exc_info else None
+    if isinstance(exc, ScoreboardError):
+        return exc
+    if isinstance(exc, tornado.web.HTTPError):
+        status_code = exc.status_code
+    cls = TORNADO_CODES.get(status_code)
+    if cls is not None:
+        return cls(_tornado_message(status_code, exc))
+    return ScoreboardError("internal server error")
+
+
+def _tornado_message(status_code: int, exc: Any) -> str:
+    if status_code == 405:
+        return "method not allowed"
+    if status_code == 404:
+        return "no such endpoint"
+    reason = getattr(exc, "log_message", None) or getattr(exc, "reason", None)
+    return str(reason or "bad request")
+
+
+class NotFoundHandler(BaseHandler):
+    route = "unknown"
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise NotFound("no such endpoint")

@@ -1,0 +1,28 @@
+"""Prometheus metrics. One registry per app instance, so several apps in one test process stay apart."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("scoreboard_http_requests", "HTTP requests", ["route", "status"], registry=r)
+        self.latency = Histogram("scoreboard_http_request_seconds", "HTTP request latency", ["route"],
+                                 registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.submissions = Counter("scoreboard_score_submissions", "Score submissions by outcome", ["outcome"],
+                                   registry=r)
+        self.commits = Counter("scoreboard_db_group_commits", "Writer transactions committed", registry=r)
+        self.committed_jobs = Counter("scoreboard_db_committed_jobs", "Write jobs committed", registry=r)
+        self.ws_connections = Gauge("scoreboard_ws_connections", "Open WebSocket connections", registry=r)
+        self.ws_frames = Counter("scoreboard_ws_frames_sent", "WebSocket frames sent", registry=r)
+        self.ws_slow_closed = Counter("scoreboard_ws_slow_consumers_closed", "Connections closed 4008",
+                                      registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,170 @@
+"""The database executor: peewee never runs on the event loop.
+
+Reads run on a small thread pool. Writes go to one writer thread that drains its queue into a single
+transaction (group commit): each job runs in its own savepoint, so one job's failure rolls back only that
+job, and every job's future resolves only after the shared COMMIT returned. Driver errors are wrapped
+once here: connection trouble becomes errors.Unavailable and nothing of that batch is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import peewee as pw
+from playhouse import db_url
+
+from ..errors import ScoreboardError, Unavailable
+from . import models
+
+log = logging.getLogger("scoreboard.store")
+T = TypeVar("T")
+_STOP = object()
+
+
+def open_database(url: str, timeout_s: float = 5.0) -> pw.Database:
+    """A peewee database for `url`; SQLite gets WAL and full fsync so a 200 means durable."""
+    if url.startswith("sqlite:///"):
+        return pw.SqliteDatabase(
+            url.removeprefix("sqlite:///"),
+            pragmas={"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1,
+                     "busy_timeout": int(timeout_s * 1000)},
+            timeout=timeout_s,
+        )
+    url = url.replace("postgres://", "postgresql://", 1)
+    params = db_url.parse(url)
+    params.setdefault("connect_timeout", max(1, int(timeout_s)))
+    return pw.PostgresqlDatabase(autorollback=True, **params)
+
+
+@dataclass
+class _Job:
+    fn: Callable[[], Any]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class WriterStats:
+    transactions: int = 0
+    jobs: int = 0
+    largest_batch: int = 0
+    commit_log: list[int] = field(default_factory=list)  # batch sizes of the last 1000 commits
+
+
+class Store:
+    def __init__(self, db: pw.Database, read_threads: int = 2, group_commit_max: int = 256) -> None:
+        self.db = db
+        models.database.initialize(db)
+        self.group_commit_max = max(1, group_commit_max)
+        self.readers = ThreadPoolExecutor(max(1, read_threads), thread_name_prefix="db-read")
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.stats = WriterStats()
+        self.writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
+        self.writer.start()
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on a reader thread (outside any transaction)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.readers, self._guarded, fn, args)
+
+    async def write(self, fn: Callable[[], T]) -> T:
+        """Run `fn()` in the writer's next group transaction; returns once that transaction committed."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.queue.put(_Job(fn, future, loop))
+        return await future
+
+    def close(self) -> None:
+        self.queue.put(_STOP)
+        self.writer.join(timeout=10)
+        self.readers.shutdown(wait=True)
+        if not self.db.is_closed():
+            self.db.close()
+
+    def _guarded(self, fn: Callable[..., T], args: tuple) -> T:
+        try:
+            self.db.connect(reuse_if_open=True)
+            return fn(*args)
+        except (pw.OperationalError, pw.InterfaceError) as exc:
+            self._drop_connection()
+            raise Unavailable(f"database unavailable: {_first_line(exc)}") from exc
+
+    def _drop_connection(self) -> None:
+        try:
+            self.db.close()
+        except Exception:  # a dead connection may fail to close; it is gone either way
+            pass
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is _STOP:
+                self._drop_connection()
+                return
+            batch = [first]
+            while len(batch) < self.group_commit_max:
+                try:
+                    job = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    self.queue.put(_STOP)
+                    break
+                batch.append(job)
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            self.db.connect(reuse_if_open=True)
+            with self.db.atomic():
+                outcomes = [self._run_in_savepoint(job) for job in batch]
+        except (pw.OperationalError, pw.InterfaceError, pw.DatabaseError) as exc:
+            self._drop_connection()
+            error = Unavailable(f"database unavailable: {_first_line(exc)}")
+            log.warning("group commit of %d jobs failed: %s", len(batch), exc)
+            outcomes = [(False, error)] * len(batch)
+        else:
+            self._count(len(batch))
+        for job, (ok, value) in zip(batch, outcomes, strict=True):
+            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+
+    def _run_in_savepoint(self, job: _Job) -> tuple[bool, Any]:
+        try:
+            with self.db.atomic():
+                return True, job.fn()
+        except ScoreboardError as exc:
+            return False, exc
+        except (pw.OperationalError, pw.InterfaceError):
+            raise  # the connection is gone: the whole batch fails as unavailable
+        except Exception as exc:  # one bad job must not sink the batch
+            log.exception("write job failed")
+            return False, exc
+
+    def _count(self, size: int) -> None:
+        stats = self.stats
+        stats.transactions += 1
+        stats.jobs += size
+        stats.largest_batch = max(stats.largest_batch, size)
+        stats.commit_log.append(size)
+        del stats.commit_log[:-1000]
+
+
+def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
