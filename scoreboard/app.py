@@ -18,11 +18,13 @@ from . import logs
 from .clock import Clock
 from .config import Config, load
 from .errors import ConfigError, ScoreboardError
-from .handlers import base, http
+from .boards import Boards
+from .handlers import base, http, scores
 from .metrics import Metrics
 from .store import migrations
 from .store.db import Store, open_database
 from .store.models import Setting
+from .scores import SCORES_CHANNEL, Scores
 from .users import Principal, Users
 
 log = logging.getLogger("scoreboard.app")
@@ -103,7 +105,11 @@ class App:
         self.closers[:0] = [self.bus.close, self.index.close, self.kv.close]
 
     async def _start_use_cases(self) -> None:
-        """Hook for the score, hub and anti-cheat use cases (wired in their own modules)."""
+        self.boards = Boards(self.config, self.store, self.index, self.clock)
+        self.scores = Scores(self.config, self.store, self.kv, self.index, self.bus, self.users, self.clock)
+        await self.bus.subscribe(SCORES_CHANNEL, self.boards.on_score_event)
+        if self.config.cache.rebuild_on_start:
+            await self.boards.rebuild_current()
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -123,6 +129,11 @@ class App:
             (r"/auth/refresh", http.RefreshHandler),
             (r"/auth/logout", http.LogoutHandler),
             (r"/users/me", http.MeHandler),
+            (r"/scores/update", scores.SubmitHandler),
+            (r"/leaderboards", scores.BoardsHandler),
+            (r"/leaderboards/([a-z0-9_-]+)", scores.PageHandler),
+            (r"/leaderboards/([a-z0-9_-]+)/around/([^/]+)", scores.AroundHandler),
+            (r"/leaderboards/([a-z0-9_-]+)/users/([^/]+)", scores.StandingHandler),
             (r"/healthz", http.HealthHandler),
             (r"/readyz", http.ReadyHandler),
             (r"/metrics", http.MetricsHandler),
@@ -144,7 +155,7 @@ class App:
 
     async def profile(self, principal: Principal) -> dict:
         profile = await self.users.profile(principal)
-        profile["boards"] = {}
+        profile["boards"] = await self.boards.standings_of(principal.user_id)
         return profile
 
     async def readiness(self) -> dict[str, str]:

@@ -226,3 +226,32 @@ def register_and_login(http: Http, username: str, password: str = "correct horse
     login = http.post("/auth/login", {"username": username, "password": password})
     assert login.status == 200, login.raw
     return login.json
+
+
+class Player:
+    """A logged-in test player that signs its submissions exactly as PROTOCOL says."""
+
+    def __init__(self, http: Http, username: str, login: dict | None = None, clock_ms=None) -> None:
+        self.login = login or register_and_login(http, username)
+        self.http = http.with_token(self.login["access_token"])
+        self.user_id = self.login["user"]["user_id"]
+        self.seq = 0
+        self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+
+    def body(self, points: int = 10, action_type: str = "level_complete", **fields) -> dict:
+        self.seq += 1
+        body = {"action_id": uuid.uuid4().hex, "seq": self.seq, "ts": self.clock_ms(),
+                "nonce": uuid.uuid4().hex, "score_data": {"type": action_type, "points": points,
+                                                         "duration_ms": 30_000}}
+        body.update(fields)
+        return body
+
+    def send(self, raw: bytes, signature: str | None = None, headers: dict | None = None) -> Response:
+        from scoreboard.signing import sign
+
+        headers = dict(headers or {})
+        headers["X-Signature"] = signature if signature is not None else sign(self.login["session_key"], raw)
+        return self.http.post("/scores/update", raw, headers=headers)
+
+    def submit(self, points: int = 10, **fields) -> Response:
+        return self.send(json.dumps(self.body(points, **fields)).encode())

@@ -83,7 +83,8 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header(name, value)
         if not hasattr(self, "request_id"):
             self.request_id = uuid.uuid4().hex
-            self.set_header("X-Request-Id", self.request_id)
+        # send_error() cleared the headers prepare() set, so the id goes on again here.
+        self.set_header("X-Request-Id", self.request_id)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.finish(wire.dumps(error.body(self.request_id)))

@@ -1,7 +1,7 @@
 """Short-lived shared state: nonces, rate-limit counters, sequence high-water marks, revocations, caches.
 
-Two implementations with one contract (tests/test_kv_contract.py runs on both):
-`memory.MemoryKV` for a single process and `redis.RedisKV` for many processes sharing one Redis.
+Two implementations with one contract (tests/test_kv_contract.py runs on both): `memory.MemoryKV`
+for a single process and `redis.RedisKV` for many processes sharing one Redis.
 Every time is in Unix milliseconds and comes from the caller (`now_ms`), so expiry is testable without sleeping.
 """
 

@@ -1,0 +1,101 @@
+"""The tamper-evident audit trail: every record hashes its content together with the previous hash.
+
+`append` runs inside the writer's transaction, next to the change it records, so an action and its
+audit record commit together or not at all. The chain head lives in the settings table and is locked
+(SELECT ... FOR UPDATE on PostgreSQL; SQLite has one writer) so many processes extend one chain.
+`verify` walks the chain and names the first record whose content or link does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import peewee as pw
+
+from .store.models import AuditRecord, Setting
+
+GENESIS = "0" * 64
+HEAD_KEY = "audit_head"
+HASHED_FIELDS = ("at", "kind", "actor_id", "session_id", "address", "user_agent", "request_id", "subject",
+                 "before", "after")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who caused the change and how they reached us."""
+
+    actor_id: int | None
+    session_id: str | None = None
+    address: str = ""
+    user_agent: str = ""
+    request_id: str = ""
+
+
+def canonical(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def record_hash(prev_hash: str, content: dict) -> str:
+    return hashlib.sha256((prev_hash + canonical(content)).encode()).hexdigest()
+
+
+def append(ctx: Context, kind: str, subject: str, before: Any, after: Any, at: int) -> AuditRecord:
+    """Add one record to the chain; call inside a transaction."""
+    prev_hash = _lock_head()
+    content = {"at": at, "kind": kind, "actor_id": ctx.actor_id, "session_id": ctx.session_id,
+               "address": ctx.address, "user_agent": ctx.user_agent, "request_id": ctx.request_id,
+               "subject": subject, "before": canonical(before), "after": canonical(after)}
+    digest = record_hash(prev_hash, content)
+    record = AuditRecord.create(prev_hash=prev_hash, hash=digest, **content)
+    Setting.update(value=digest).where(Setting.key == HEAD_KEY).execute()
+    return record
+
+
+def _lock_head() -> str:
+    Setting.insert(key=HEAD_KEY, value=GENESIS).on_conflict_ignore().execute()
+    query = Setting.select(Setting.value).where(Setting.key == HEAD_KEY)
+    if isinstance(Setting._meta.database.obj, pw.PostgresqlDatabase):
+        query = query.for_update()
+    return query.scalar()
+
+
+@dataclass(frozen=True)
+class Break:
+    record_id: int
+    problem: str
+
+
+def verify(records: Iterable[AuditRecord], head: str | None = None) -> Break | None:
+    """The first record (in id order) whose hash or link is wrong, or None when the chain holds."""
+    expected_prev = GENESIS
+    last = GENESIS
+    for record in records:
+        if record.prev_hash != expected_prev:
+            return Break(record.id, "prev_hash does not match the previous record")
+        content = {name: getattr(record, name) for name in HASHED_FIELDS}
+        if record_hash(record.prev_hash, content) != record.hash:
+            return Break(record.id, "content does not match its hash")
+        expected_prev = last = record.hash
+    if head is not None and head != last:
+        return Break(-1, "the chain head does not match the last record (records were removed)")
+    return None
+
+
+def verify_stored(batch: int = 10_000) -> Break | None:
+    """Verify the whole stored chain, reading it in id order in batches (call on a database thread)."""
+    head = Setting.get_or_none(Setting.key == HEAD_KEY)
+    return verify(_all_records(batch), head.value if head else GENESIS)
+
+
+def _all_records(batch: int) -> Iterable[AuditRecord]:
+    last_id = 0
+    while True:
+        rows = list(AuditRecord.select().where(AuditRecord.id > last_id).order_by(AuditRecord.id).limit(batch))
+        if not rows:
+            return
+        yield from rows
+        last_id = rows[-1].id

@@ -1,0 +1,45 @@
+"""Board periods: the name of the period a moment falls in, by the board's reset (UTC boundaries).
+
+The period is part of every key (database and cache), so a reset moves no data and past periods stay
+readable: `all` (never), `2026-11-27` (daily), `2026-W48` (weekly, ISO weeks), `2026-11` (monthly).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+PATTERNS = {
+    "never": re.compile(r"all"),
+    "daily": re.compile(r"\d{4}-\d{2}-\d{2}"),
+    "weekly": re.compile(r"\d{4}-W\d{2}"),
+    "monthly": re.compile(r"\d{4}-\d{2}"),
+}
+
+
+def period_of(reset: str, now_ms: int) -> str:
+    if reset == "never":
+        return "all"
+    moment = datetime.fromtimestamp(now_ms / 1000, UTC)
+    if reset == "daily":
+        return moment.strftime("%Y-%m-%d")
+    if reset == "weekly":
+        year, week, _ = moment.isocalendar()
+        return f"{year}-W{week:02d}"
+    return moment.strftime("%Y-%m")
+
+
+def is_valid(reset: str, period: str) -> bool:
+    """Whether `period` names a period of a board with this reset (it may be past, present or future)."""
+    if not PATTERNS[reset].fullmatch(period):
+        return False
+    try:
+        if reset == "daily":
+            datetime.strptime(period, "%Y-%m-%d")
+        elif reset == "monthly":
+            datetime.strptime(period, "%Y-%m")
+        elif reset == "weekly":
+            datetime.strptime(period + "-1", "%G-W%V-%u")
+    except ValueError:
+        return False
+    return True
