@@ -15,16 +15,16 @@ import tornado.netutil
 import tornado.web
 
 from . import logs
+from .boards import Boards
 from .clock import Clock
 from .config import Config, load
 from .errors import ConfigError, ScoreboardError
-from .boards import Boards
 from .handlers import base, http, scores
 from .metrics import Metrics
+from .scores import SCORES_CHANNEL, Scores
 from .store import migrations
 from .store.db import Store, open_database
 from .store.models import Setting
-from .scores import SCORES_CHANNEL, Scores
 from .users import Principal, Users
 
 log = logging.getLogger("scoreboard.app")
