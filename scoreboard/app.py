@@ -91,8 +91,13 @@ class App:
             from .kv.redis import RedisKV
             from .leaderboard.redis import RedisIndex
 
-            self.redis = redis.asyncio.Redis.from_url(self.config.redis.url, socket_timeout=5,
-                                                      socket_connect_timeout=2, health_check_interval=10)
+            from redis.asyncio.retry import Retry
+            from redis.backoff import ExponentialBackoff
+
+            # One quick retry rides over a dropped connection; more would hold requests past a real outage.
+            self.redis = redis.asyncio.Redis.from_url(
+                self.config.redis.url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10,
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
             prefix = self.config.redis.prefix
             self.kv, self.index = RedisKV(self.redis, prefix), RedisIndex(self.redis, prefix)
             self.bus = RedisBus(self.redis, prefix, history)
