@@ -112,6 +112,7 @@ class App:
     async def _start_use_cases(self) -> None:
         self.boards = Boards(self.config, self.store, self.index, self.clock)
         self.scores = Scores(self.config, self.store, self.kv, self.index, self.bus, self.users, self.clock)
+        self.scores.stale_boards = self.boards.stale
         await self.bus.subscribe(SCORES_CHANNEL, self.boards.on_score_event)
         if self.config.cache.rebuild_on_start:
             await self.boards.rebuild_current()

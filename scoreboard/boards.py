@@ -36,6 +36,7 @@ class Boards:
     def __init__(self, config: Config, store: Store, index: Index, clock: Clock) -> None:
         self.config, self.store, self.index, self.clock = config, store, index, clock
         self.loaded: set[str] = set()
+        self.stale: set[str] = set()  # keys whose index missed a committed change; shared with Scores
         self.versions: dict[str, int] = {}
         self.pages: dict[tuple, tuple[int, float, Page]] = {}
 
@@ -78,7 +79,10 @@ class Boards:
 
     async def ensure_loaded(self, board: BoardConfig, period: str) -> str:
         key = f"{board.name}:{period}"
-        if key not in self.loaded:
+        if key in self.stale:
+            await self.rebuild(board, period)
+            self.stale.discard(key)
+        elif key not in self.loaded:
             if await self.index.total(key) == 0:
                 await self.rebuild(board, period)
             self.loaded.add(key)

@@ -54,6 +54,8 @@ class Scores:
         self.window_ms = config.signing.window_s * 1000
         # Called in this process with each accepted action's event (the hub's user and top-N triggers).
         self.accepted_listeners: list = []
+        # Board periods whose index missed a committed action (cache down): rebuilt before their next read.
+        self.stale_boards: set[str] = set()
 
     async def submit(self, raw_body: bytes, signature: str | None, authorization: str | None,
                      client: ClientInfo) -> dict:
@@ -177,7 +179,14 @@ class Scores:
     async def _publish(self, principal: Principal, sub: rules.Submission, committed: Committed, now: int) -> dict:
         board, period = sub.board, committed.period
         entry = Entry(principal.user_id, committed.score, committed.reached_seq, committed.username)
-        rank, previous_rank, total = await self.index.apply(f"{board.name}:{period}", board.order, entry)
+        try:
+            rank, previous_rank, total = await self.index.apply(f"{board.name}:{period}", board.order, entry)
+        except Unavailable:
+            # Committed is committed: acknowledge without a rank rather than invite a retry of a done action.
+            log.warning("index unavailable after commit of action %s; board %s marked stale", sub.action_id,
+                        board.name)
+            self.stale_boards.add(f"{board.name}:{period}")
+            rank = previous_rank = total = None
         result = {"accepted": True, "duplicate": False, "action_id": sub.action_id, "board": board.name,
                   "period": period, "score": committed.score, "rank": rank, "previous_rank": previous_rank,
                   "total": total}
