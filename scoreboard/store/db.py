@@ -40,7 +40,7 @@ def open_database(url: str, timeout_s: float = 5.0) -> pw.Database:
     url = url.replace("postgres://", "postgresql://", 1)
     params = db_url.parse(url)
     params.setdefault("connect_timeout", max(1, int(timeout_s)))
-    return pw.PostgresqlDatabase(autorollback=True, **params)
+    return pw.PostgresqlDatabase(**params)
 
 
 @dataclass
@@ -66,6 +66,8 @@ class Store:
         self.readers = ThreadPoolExecutor(max(1, read_threads), thread_name_prefix="db-read")
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.stats = WriterStats()
+        self.generation = 0  # bumped on every connection failure: other threads then reconnect too
+        self.local = threading.local()
         self.writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
         self.writer.start()
 
@@ -90,13 +92,31 @@ class Store:
 
     def _guarded(self, fn: Callable[..., T], args: tuple) -> T:
         try:
-            self.db.connect(reuse_if_open=True)
-            return fn(*args)
+            return self._fresh(fn, args)
+        except (pw.OperationalError, pw.InterfaceError):
+            # This thread's connection may be one the server dropped while we were idle: one more try.
+            self._drop_connection()
+        try:
+            return self._fresh(fn, args)
         except (pw.OperationalError, pw.InterfaceError) as exc:
             self._drop_connection()
             raise Unavailable(f"database unavailable: {_first_line(exc)}") from exc
 
+    def _fresh(self, fn: Callable[..., T], args: tuple) -> T:
+        """Call fn on this thread's connection, replacing it first if another thread saw the server drop."""
+        if getattr(self.local, "generation", 0) != self.generation:
+            self._close_mine()
+            self.local.generation = self.generation
+        self.db.connect(reuse_if_open=True)
+        return fn(*args)
+
     def _drop_connection(self) -> None:
+        """This thread saw the server drop a connection: close it, and tell the other threads to reconnect."""
+        self.generation += 1
+        self.local.generation = self.generation
+        self._close_mine()
+
+    def _close_mine(self) -> None:
         try:
             self.db.close()
         except Exception:  # a dead connection may fail to close; it is gone either way
@@ -106,7 +126,7 @@ class Store:
         while True:
             first = self.queue.get()
             if first is _STOP:
-                self._drop_connection()
+                self._close_mine()
                 return
             batch = [first]
             while len(batch) < self.group_commit_max:
@@ -121,20 +141,32 @@ class Store:
             self._commit_batch(batch)
 
     def _commit_batch(self, batch: list[_Job]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
         try:
-            self.db.connect(reuse_if_open=True)
-            with self.db.atomic():
-                outcomes = [self._run_in_savepoint(job) for job in batch]
-        except (pw.OperationalError, pw.InterfaceError, pw.DatabaseError) as exc:
+            outcomes = self._transaction(batch)
+        except (pw.OperationalError, pw.InterfaceError):
+            # Nothing was committed, or the commit's answer was lost: either way each job is safe to run
+            # again (score jobs find their own committed action and answer as duplicates).
             self._drop_connection()
-            error = Unavailable(f"database unavailable: {_first_line(exc)}")
-            log.warning("group commit of %d jobs failed: %s", len(batch), exc)
-            outcomes = [(False, error)] * len(batch)
-        else:
-            self._count(len(batch))
+            outcomes = self._retry(batch)
         for job, (ok, value) in zip(batch, outcomes, strict=True):
             job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+
+    def _retry(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        try:
+            return self._transaction(batch)
+        except (pw.OperationalError, pw.InterfaceError, pw.DatabaseError) as exc:
+            self._drop_connection()
+            log.warning("group commit of %d jobs failed: %s", len(batch), exc)
+            return [(False, Unavailable(f"database unavailable: {_first_line(exc)}"))] * len(batch)
+
+    def _transaction(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        return self._fresh(self._run_batch, (batch,))
+
+    def _run_batch(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        with self.db.atomic():
+            outcomes = [self._run_in_savepoint(job) for job in batch]
+        self._count(len(batch))
+        return outcomes
 
     def _run_in_savepoint(self, job: _Job) -> tuple[bool, Any]:
         try:
