@@ -19,7 +19,7 @@ from .boards import Boards
 from .clock import Clock
 from .config import Config, load
 from .errors import ConfigError, ScoreboardError
-from .handlers import base, http, scores
+from .handlers import base, http, scores, static
 from .metrics import Metrics
 from .scores import SCORES_CHANNEL, Scores
 from .store import migrations
@@ -143,10 +143,14 @@ class App:
             (r"/healthz", http.HealthHandler),
             (r"/readyz", http.ReadyHandler),
             (r"/metrics", http.MetricsHandler),
+            (r"/", static.IndexHandler),
+            (r"/static/(.*)", static.StaticHandler, {"path": str(static.STATIC_DIR)}),
         ]
 
     def web_app(self) -> tornado.web.Application:
-        handlers = [(pattern, cls, {"app": self}) for pattern, cls, *_ in self.routes()]
+        # An optional third element holds extra handler kwargs (e.g. StaticFileHandler's path).
+        handlers = [(pattern, cls, {"app": self, **(extra[0] if extra else {})})
+                    for pattern, cls, *extra in self.routes()]
         return tornado.web.Application(
             handlers, default_handler_class=base.NotFoundHandler, default_handler_args={"app": self},
             log_function=self._log_request, compress_response=False)

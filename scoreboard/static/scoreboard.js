@@ -1,0 +1,1 @@
+/* the browser client: coming next */

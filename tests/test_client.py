@@ -1,0 +1,284 @@
+"""The Python client (scoreboard/client.py): signing vectors, HTTP round trips and errors on a real server.
+
+Server tests run on both backends (SQLite + memory, PostgreSQL + Redis).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from scoreboard import signing
+from scoreboard.client import ClientError, NetworkError, ScoreboardClient, backoff_delay, sign_body, ws_url
+
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "signing.json"
+PASSWORD = "correct horse battery"
+
+
+def signing_cases() -> list[dict]:
+    if not VECTORS.exists():
+        return []
+    return json.loads(VECTORS.read_text(encoding="utf-8"))["cases"]
+
+
+# ---- signing --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not VECTORS.exists(), reason=f"no signing vectors at {VECTORS}")
+@pytest.mark.parametrize("case", signing_cases(), ids=lambda case: case["x_signature"][3:11])
+def test_sign_body_matches_every_shared_vector(case):
+    raw = case["raw_body_utf8"].encode("utf-8")
+
+    assert sign_body(case["session_key"], raw) == case["x_signature"]
+
+
+@pytest.mark.skipif(not VECTORS.exists(), reason=f"no signing vectors at {VECTORS}")
+def test_the_vector_file_has_cases():
+    assert len(signing_cases()) >= 1
+
+
+def logged_in_offline(key: str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8") -> ScoreboardClient:
+    client = ScoreboardClient("http://127.0.0.1:1", clock_ms=lambda: 1_795_000_000_000)
+    client.session_key, client.access_token = key, "token"
+    return client
+
+
+def test_build_submission_signs_exactly_the_bytes_it_returns():
+    client = logged_in_offline()
+
+    raw, signature = client.build_submission(300, duration_ms=41_250, level=3, note="café")
+
+    signing.verify(client.session_key, raw, signature)  # raises on mismatch
+    assert re.fullmatch(r"v1=[0-9a-f]{64}", signature)
+    assert "café".encode() in raw
+
+
+def test_build_submission_body_follows_the_protocol():
+    client = logged_in_offline()
+
+    body = json.loads(client.build_submission(300, board="weekly", duration_ms=41_250, level=3)[0])
+
+    assert list(body) == ["action_id", "board", "seq", "ts", "nonce", "score_data"]
+    assert re.fullmatch(r"[0-9a-f]{32}", body["action_id"])
+    assert body["board"] == "weekly"
+    assert body["ts"] == 1_795_000_000_000
+    assert re.fullmatch(r"[A-Za-z0-9_-]{16,64}", body["nonce"])
+    assert body["score_data"] == {"type": "level_complete", "points": 300, "duration_ms": 41_250, "level": 3}
+
+
+def test_build_submission_omits_the_default_board_and_counts_seq_up():
+    client = logged_in_offline()
+
+    bodies = [json.loads(client.build_submission(10)[0]) for _ in range(3)]
+
+    assert "board" not in bodies[0]
+    assert [body["seq"] for body in bodies] == [1, 2, 3]
+    assert len({body["nonce"] for body in bodies}) == 3
+    assert len({body["action_id"] for body in bodies}) == 3
+
+
+def test_build_submission_keeps_a_given_action_id():
+    body = json.loads(logged_in_offline().build_submission(10, action_id="level-3-run-7")[0])
+
+    assert body["action_id"] == "level-3-run-7"
+
+
+def test_build_submission_needs_a_session():
+    with pytest.raises(ClientError) as caught:
+        ScoreboardClient("http://127.0.0.1:1").build_submission(10)
+
+    assert caught.value.code == "unauthorized"
+
+
+# ---- backoff --------------------------------------------------------------------------------------
+
+
+def test_backoff_equal_jitter_stays_between_half_and_the_whole_step():
+    assert backoff_delay(0, rand=lambda: 0.0) == 0.25
+    assert backoff_delay(0, rand=lambda: 1.0) == 0.5
+    assert backoff_delay(3, rand=lambda: 1.0) == 4.0
+
+
+def test_backoff_is_capped_at_30_seconds():
+    assert backoff_delay(10, rand=lambda: 1.0) == 30.0
+    assert backoff_delay(1000, rand=lambda: 0.0) == 15.0
+
+
+def test_backoff_full_and_no_jitter():
+    assert backoff_delay(2, jitter="full", rand=lambda: 0.5) == 1.0
+    assert backoff_delay(2, jitter="none") == 2.0
+    with pytest.raises(ValueError):
+        backoff_delay(0, jitter="sometimes")
+
+
+def test_ws_url_is_derived_from_the_http_base():
+    assert ws_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/ws"
+    assert ws_url("https://scores.example/api/") == "wss://scores.example/api/ws"
+    assert ws_url("ws://h:1/ws") == "ws://h:1/ws"
+
+
+# ---- against a real server ------------------------------------------------------------------------
+
+
+async def logged_in(server, username: str) -> ScoreboardClient:
+    client = ScoreboardClient(server.url)
+    await client.register(username, PASSWORD)
+    await client.login(username, PASSWORD)
+    return client
+
+
+def test_register_login_submit_and_read_back(server, event_loop_runner):
+    async def scenario():
+        client = ScoreboardClient(server.url)
+        created = await client.register("alice", PASSWORD)
+        login = await client.login("alice", PASSWORD)
+        first = await client.submit(300, duration_ms=41_250, level=3)
+        second = await client.submit(200)
+        page = await client.leaderboard("global")
+        me = await client.me()
+        return created, login, first, second, page, me, client
+
+    created, login, first, second, page, me, client = event_loop_runner(scenario())
+
+    assert login["user"]["user_id"] == created["user_id"] == client.user["user_id"]
+    assert client.session_key == login["session_key"]
+    assert first["accepted"] is True and first["duplicate"] is False
+    assert first["score"] == 300 and first["rank"] == 1
+    assert second["score"] == 500
+    assert page["entries"] == [{"rank": 1, "user_id": created["user_id"], "username": "alice", "score": 500}]
+    assert me["boards"]["global"]["score"] == 500
+
+
+def test_around_standing_and_listing(server, event_loop_runner):
+    async def scenario():
+        alice, bob = await logged_in(server, "alice"), await logged_in(server, "bob")
+        await alice.submit(100)
+        await bob.submit(900)
+        reader = ScoreboardClient(server.url)  # anonymous: public reads
+        return (alice.user["user_id"], await reader.leaderboards(),
+                await reader.around("global", alice.user["user_id"], radius=1),
+                await reader.standing("global", alice.user["user_id"]),
+                await reader.leaderboard("global", offset=1, limit=1))
+
+    alice_id, listing, around, standing, page = event_loop_runner(scenario())
+
+    assert "global" in [board["name"] for board in listing["boards"]]
+    assert [entry["username"] for entry in around["entries"]] == ["bob", "alice"]
+    assert standing["rank"] == 2 and standing["score"] == 100 and standing["total"] == 2
+    assert page["entries"][0]["user_id"] == alice_id
+
+
+def test_points_over_the_rule_maximum_raise_score_rejected_with_its_reason(server, event_loop_runner):
+    async def scenario():
+        client = await logged_in(server, "alice")
+        with pytest.raises(ClientError) as caught:
+            await client.submit(server.config.action("level_complete").max_points + 1)
+        return caught.value
+
+    error = event_loop_runner(scenario())
+
+    assert (error.status, error.code, error.reason) == (422, "score_rejected", "points_over_max")
+    assert error.message and error.request_id
+
+
+def test_unknown_board_raises_invalid_request(server, event_loop_runner):
+    async def scenario():
+        client = await logged_in(server, "alice")
+        with pytest.raises(ClientError) as caught:
+            await client.submit(10, board="nope")
+        return caught.value
+
+    error = event_loop_runner(scenario())
+
+    assert (error.status, error.code) == (400, "invalid_request")
+
+
+def test_a_wrong_password_raises_unauthorized(server, event_loop_runner):
+    async def scenario():
+        client = ScoreboardClient(server.url)
+        await client.register("alice", PASSWORD)
+        with pytest.raises(ClientError) as caught:
+            await client.login("alice", "wrong password!")
+        return caught.value, client
+
+    error, client = event_loop_runner(scenario())
+
+    assert (error.status, error.code) == (401, "unauthorized")
+    assert not client.logged_in
+
+
+def test_resending_the_same_bytes_is_answered_as_a_duplicate(server, event_loop_runner):
+    async def scenario():
+        client = await logged_in(server, "alice")
+        raw, signature = client.build_submission(40)
+        return await client.send_signed(raw, signature), await client.send_signed(raw, signature)
+
+    first, again = event_loop_runner(scenario())
+
+    assert first["duplicate"] is False and again["duplicate"] is True
+    assert again["score"] == first["score"] == 40
+
+
+def test_refresh_keeps_the_session_and_seq_goes_on(server, event_loop_runner):
+    async def scenario():
+        client = await logged_in(server, "alice")
+        await client.submit(10)
+        old_token, key = client.access_token, client.session_key
+        await client.refresh()
+        result = await client.submit(10)
+        return old_token, key, client, result
+
+    old_token, key, client, result = event_loop_runner(scenario())
+
+    assert client.access_token != old_token and client.session_key == key
+    assert client.seq == 2 and result["score"] == 20
+
+
+def test_logout_forgets_the_session_and_revokes_the_token(server, event_loop_runner):
+    async def scenario():
+        client = await logged_in(server, "alice")
+        token = client.access_token
+        await client.logout()
+        stale = ScoreboardClient(server.url)
+        stale.access_token = token
+        with pytest.raises(ClientError) as caught:
+            await stale.me()
+        return client, caught.value
+
+    client, error = event_loop_runner(scenario())
+
+    assert not client.logged_in and client.session_key is None
+    assert error.code == "unauthorized"
+
+
+def test_rate_limited_submissions_carry_retry_after(server_factory, event_loop_runner):
+    server = server_factory({"ratelimit": {"per_user": "2/m"}})
+
+    async def scenario():
+        client = await logged_in(server, "alice")
+        await client.submit(1)
+        await client.submit(1)
+        with pytest.raises(ClientError) as caught:
+            await client.submit(1)
+        return caught.value
+
+    error = event_loop_runner(scenario())
+
+    assert (error.status, error.code) == (429, "rate_limited")
+    assert error.retry_after >= 1
+
+
+def test_an_unreachable_server_raises_network_error(event_loop_runner):
+    from harness import free_port
+
+    async def scenario():
+        with pytest.raises(NetworkError) as caught:
+            await ScoreboardClient(f"http://127.0.0.1:{free_port()}", request_timeout=5).leaderboards()
+        return caught.value
+
+    error = event_loop_runner(scenario())
+
+    assert error.status == 0 and error.code == "network"
