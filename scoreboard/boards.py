@@ -168,9 +168,13 @@ def _page(body: dict) -> Page:
 
 
 def _score_rows(board: str, period: str, after_seq: int) -> tuple[list[Entry], int]:
-    """Every score row of a board period with reached_seq > after_seq, and the highest reached_seq seen."""
+    """Every score row of a board period with reached_seq > after_seq, and the highest reached_seq seen.
+
+    A plain cursor rather than model instances: a million rows is the case that matters here.
+    """
     query = (Score.select(Score.user, Score.score, Score.reached_seq, User.username)
-             .join(User).where((Score.board == board) & (Score.period == period) & (Score.reached_seq > after_seq))
-             .tuples())
-    rows = [Entry(user_id, score, seq, username) for user_id, score, seq, username in query.iterator()]
+             .join(User).where((Score.board == board) & (Score.period == period) & (Score.reached_seq > after_seq)))
+    sql, params = query.sql()
+    cursor = Score._meta.database.execute_sql(sql, params)
+    rows = [Entry(user_id, score, seq, username) for user_id, score, seq, username in cursor]
     return rows, max((row.reached_seq for row in rows), default=after_seq)
