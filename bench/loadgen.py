@@ -1,0 +1,169 @@
+"""The load generator of `bench.submit`: a separate process, lean on purpose (the machine has 2 cores).
+
+`python -m bench.loadgen SPEC.json` reads a plan, builds and signs every request before the clock starts,
+opens one HTTP/1.1 keep-alive connection per client, and each client sends its requests back to back
+(the next one leaves when the previous answer has been read). It prints `measuring` when the measured
+phase starts, `done` when it ends, then one JSON line with the results.
+
+Plan (JSON): host, port, mode ("time" or "count"), warmup_s, seconds (time mode), count (requests per
+client in the measured phase, count mode), budget (requests built per client for the time mode),
+path, and clients: [{"token", "session_key", "seq_start"}]. Each client signs its own bodies with its
+session key, seq strictly increasing from seq_start + 1, a fresh nonce and action id per body.
+
+Time mode: requests are sent for warmup_s + seconds; those that complete within the last `seconds` are
+measured. Count mode: requests are sent for warmup_s, then every client sends exactly `count` more, and
+the measured time runs from that point to the last answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+import uuid
+
+import orjson
+
+from scoreboard.signing import sign
+
+POINTS = 10
+
+
+def build_requests(host: str, port: int, path: str, client: dict, count: int, now_ms: int) -> list[bytes]:
+    """`count` complete signed HTTP/1.1 requests of one client, ready to write as they are."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {client['token']}\r\n"
+            "Content-Type: application/json\r\n").encode()
+    key, seq = client["session_key"], client["seq_start"]
+    out = []
+    for i in range(1, count + 1):
+        body = orjson.dumps({"action_id": uuid.uuid4().hex, "seq": seq + i, "ts": now_ms,
+                             "nonce": secrets.token_urlsafe(18),
+                             "score_data": {"type": "level_complete", "points": POINTS, "duration_ms": 30_000}})
+        out.append(head + b"X-Signature: %s\r\nContent-Length: %d\r\n\r\n%s"
+                   % (sign(key, body, path).encode(), len(body), body))
+    return out
+
+
+class Client:
+    def __init__(self, requests: list[bytes]) -> None:
+        self.requests = requests
+        self.latencies: list[float] = []  # seconds, measured requests only
+        self.statuses: dict[str, int] = {}  # "404 not_found" -> count, non-200 of the measured phase
+        self.sent = 0
+        self.exhausted = False
+
+    async def run(self, host: str, port: int, until: list[float], measure_from: list[float],
+                  measured_quota: int | None = None) -> None:
+        """Send back to back until the clock passes until[0] (or the quota of measured requests is met)."""
+        reader, writer = await asyncio.open_connection(host, port)
+        perf = time.perf_counter
+        latencies, requests = self.latencies, self.requests
+        try:
+            for request in requests:
+                started = perf()
+                if started >= until[0]:
+                    break
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = _content_length(head)
+                body = await reader.readexactly(length) if length else b""
+                finished = perf()
+                self.sent += 1
+                if started >= measure_from[0] and finished <= until[0]:
+                    latencies.append(finished - started)
+                    if head[9:12] != b"200":
+                        self._count_error(head, body)
+                    if measured_quota is not None and len(latencies) >= measured_quota:
+                        break
+            else:
+                self.exhausted = True
+        finally:
+            writer.close()
+
+    def _count_error(self, head: bytes, body: bytes) -> None:
+        code = ""
+        try:
+            code = orjson.loads(body)["error"]["code"]
+        except Exception:  # not our error shape: the status alone says enough
+            pass
+        key = f"{head[9:12].decode()} {code}".strip()
+        self.statuses[key] = self.statuses.get(key, 0) + 1
+
+
+def _content_length(head: bytes) -> int:
+    at = head.lower().find(b"\r\ncontent-length:")
+    if at < 0:
+        return 0
+    end = head.find(b"\r\n", at + 2)
+    return int(head[at + 17:end])
+
+
+async def run(plan: dict) -> dict:
+    host, port, path = plan["host"], plan["port"], plan.get("path", "/scores/update")
+    warmup, mode = plan["warmup_s"], plan["mode"]
+    now_ms = time.time_ns() // 1_000_000
+    built = time.perf_counter()
+    per_client = plan["budget"] if mode == "time" else plan["budget"] + plan["count"]
+    clients = [Client(build_requests(host, port, path, c, per_client, now_ms)) for c in plan["clients"]]
+    build_s = time.perf_counter() - built
+    start = time.perf_counter()
+    measure_from = [start + warmup]
+    if mode == "time":
+        until = [start + warmup + plan["seconds"]]
+        quota = None
+    else:
+        until = [start + warmup + plan.get("max_seconds", 120.0)]
+        quota = plan["count"]
+    cpu_at_start: list[float] = []
+    watcher = asyncio.ensure_future(_announce(measure_from[0], cpu_at_start))
+    await asyncio.gather(*(c.run(host, port, until, measure_from, quota) for c in clients))
+    finished = time.perf_counter()
+    cpu_end = time.process_time()
+    await watcher
+    print("done", flush=True)
+    elapsed = (until[0] if mode == "time" else finished) - measure_from[0]
+    statuses: dict[str, int] = {}
+    for client in clients:
+        for key, count in client.statuses.items():
+            statuses[key] = statuses.get(key, 0) + count
+    latencies = sorted(x for c in clients for x in c.latencies)
+    return {
+        "mode": mode,
+        "clients": len(clients),
+        "measured": len(latencies),
+        "elapsed_s": elapsed,
+        "rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
+        "p50_ms": _percentile(latencies, 50) * 1000,
+        "p99_ms": _percentile(latencies, 99) * 1000,
+        "max_ms": (latencies[-1] * 1000) if latencies else 0.0,
+        "non_200": statuses,
+        "exhausted": sum(c.exhausted for c in clients),
+        "sent": sum(c.sent for c in clients),
+        "build_s": build_s,
+        "loadgen_cpu_s": cpu_end - cpu_at_start[0] if cpu_at_start else 0.0,
+    }
+
+
+async def _announce(at: float, cpu_at_start: list[float]) -> None:
+    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+    cpu_at_start.append(time.process_time())
+    print("measuring", flush=True)
+
+
+def _percentile(sorted_values: list[float], pct: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def main() -> None:
+    with open(sys.argv[1], "rb") as f:
+        plan = orjson.loads(f.read())
+    result = asyncio.run(run(plan))
+    print(orjson.dumps(result).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
