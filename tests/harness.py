@@ -114,8 +114,8 @@ class ServerThread:
 class ServerProcess:
     """`python -m scoreboard.app` as a child process, configured through a TOML file."""
 
-    def __init__(self, raw: dict, workdir: Path, extra_env: dict | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, raw: dict, workdir: Path, extra_env: dict | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()  # pass the old port to restart a stopped server in its place
         self.config_path = workdir / f"server-{self.port}.toml"
         self.config_path.write_text(to_toml(raw))
         env = {**os.environ, **(extra_env or {})}

@@ -5,6 +5,7 @@ Server tests run on both backends (SQLite + memory, PostgreSQL + Redis).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scoreboard import signing
-from scoreboard.client import ClientError, NetworkError, ScoreboardClient, backoff_delay, sign_body, ws_url
+from scoreboard.client import ClientError, Live, NetworkError, ScoreboardClient, backoff_delay, sign_body, ws_url
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "signing.json"
 PASSWORD = "correct horse battery"
@@ -282,3 +283,168 @@ def test_an_unreachable_server_raises_network_error(event_loop_runner):
     error = event_loop_runner(scenario())
 
     assert error.status == 0 and error.code == "network"
+
+
+# ---- Live (WebSocket) -----------------------------------------------------------------------------
+
+FAST = {"backoff_start": 0.05, "backoff_cap": 0.2}
+
+
+class Recorder:
+    """Collects what a Live reports; every wait is bounded."""
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.snapshots: list[tuple[str, dict]] = []
+        self.states: list[str] = []
+
+    def on_event(self, channel, type_, data) -> None:
+        self.events.put_nowait((channel, type_, data))
+
+    def on_snapshot(self, channel, snapshot) -> None:
+        self.snapshots.append((channel, snapshot))
+
+    def on_state(self, state, info) -> None:
+        self.states.append(state)
+
+    def callbacks(self) -> dict:
+        return {"on_event": self.on_event, "on_snapshot": self.on_snapshot, "on_state": self.on_state}
+
+    async def next(self, type_: str, timeout: float = 5.0) -> tuple[str, str, dict]:
+        while True:
+            channel, kind, data = await asyncio.wait_for(self.events.get(), timeout)
+            if kind == type_:
+                return channel, kind, data
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+def test_live_spectator_gets_a_snapshot_then_top_events(server, event_loop_runner):
+    async def scenario():
+        player = await logged_in(server, "alice")
+        await player.submit(70)
+        seen = Recorder()
+        live = Live(server.url, **seen.callbacks())
+        await live.connect(timeout=5)
+        subscribed = await live.subscribe("leaderboard:global", timeout=5)
+        await player.submit(30)
+        top = await seen.next("top")
+        await live.close()
+        return player.user["user_id"], subscribed, seen, top, live
+
+    user_id, subscribed, seen, top, live = event_loop_runner(asyncio.wait_for(scenario(), 30))
+
+    assert subscribed["op"] == "subscribed" and subscribed["recovered"] is False
+    assert seen.snapshots[0][0] == "leaderboard:global"
+    assert seen.snapshots[0][1]["entries"][0]["user_id"] == user_id
+    channel, _, data = top
+    assert channel == "leaderboard:global"
+    assert data["entries"][0] == {"rank": 1, "user_id": user_id, "username": "alice", "score": 100}
+    assert live.positions["leaderboard:global"][1] > subscribed["offset"]
+    assert seen.states[0] == "connecting" and "live" in seen.states and seen.states[-1] == "closed"
+
+
+def test_live_as_a_player_gets_own_score_events_and_per_type_callbacks(server, event_loop_runner):
+    async def scenario():
+        player = await logged_in(server, "alice")
+        seen = Recorder()
+        live = player.live(**seen.callbacks())
+        scores: asyncio.Queue = asyncio.Queue()
+        live.on(f"user:{player.user['user_id']}", "score", lambda c, t, d: scores.put_nowait(d))
+        await live.connect(timeout=5)
+        await live.subscribe(f"user:{player.user['user_id']}", timeout=5)
+        result = await player.submit(120)
+        data = await asyncio.wait_for(scores.get(), 5)
+        rtt = await live.ping()
+        await live.close()
+        return result, data, rtt
+
+    result, data, rtt = event_loop_runner(asyncio.wait_for(scenario(), 30))
+
+    assert data["score"] == result["score"] == 120 and data["rank"] == result["rank"] == 1
+    assert 0 <= rtt < 5
+
+
+def test_live_can_authenticate_with_the_first_message(server, event_loop_runner):
+    async def scenario():
+        player = await logged_in(server, "alice")
+        live = Live(server.url, token=player.access_token, auth="message")
+        await live.connect(timeout=5)
+        subscribed = await live.subscribe(f"user:{player.user['user_id']}", timeout=5)
+        await live.close()
+        return player.user["user_id"], live.identity, subscribed
+
+    user_id, identity, subscribed = event_loop_runner(asyncio.wait_for(scenario(), 30))
+
+    assert identity == {"user_id": user_id, "role": "player"}
+    assert subscribed["channel"] == f"user:{user_id}"
+
+
+def test_live_subscribing_to_someone_elses_channel_raises_forbidden(server, event_loop_runner):
+    async def scenario():
+        live = Live(server.url)
+        await live.connect(timeout=5)
+        with pytest.raises(ClientError) as caught:
+            await live.subscribe("user:1", timeout=5)
+        await live.close()
+        return caught.value, live
+
+    error, live = event_loop_runner(asyncio.wait_for(scenario(), 30))
+
+    assert (error.status, error.code) == (403, "forbidden")
+    assert "user:1" not in live.channels
+
+
+def test_live_with_a_bad_token_stops_with_unauthorized(server, event_loop_runner):
+    async def scenario():
+        live = Live(server.url, token="not-a-jwt", **FAST)
+        with pytest.raises(ClientError) as caught:
+            await live.connect(timeout=10)
+        return caught.value, live
+
+    error, live = event_loop_runner(asyncio.wait_for(scenario(), 30))
+
+    assert (error.status, error.code) == (401, "unauthorized")
+    assert live.state == "closed"
+
+
+def test_live_reconnects_and_resumes_from_the_last_offset(server, event_loop_runner):
+    """The connection is cut (a TCP proxy drops it and refuses new ones), an event happens meanwhile;
+    after the restore the client resubscribes with `since` and gets the missed event, without a snapshot."""
+    from netproxy import Proxy
+
+    proxy = Proxy("127.0.0.1", server.port)
+
+    async def scenario():
+        player = await logged_in(server, "alice")
+        seen = Recorder()
+        live = Live(f"http://127.0.0.1:{proxy.port}", **seen.callbacks(), **FAST)
+        await live.connect(timeout=5)
+        await live.subscribe("leaderboard:global", timeout=5)
+        await player.submit(10)
+        await seen.next("top")
+        before = live.positions["leaderboard:global"]
+        proxy.cut()
+        await wait_until(lambda: live.state == "reconnecting")
+        await player.submit(20)  # published while the client is away
+        await asyncio.sleep(0.3)  # a few refused attempts
+        proxy.restore()
+        _, _, missed = await seen.next("top", timeout=10)
+        await live.close()
+        return before, missed, live, seen
+
+    try:
+        before, missed, live, seen = event_loop_runner(asyncio.wait_for(scenario(), 30))
+    finally:
+        proxy.close()
+
+    assert missed["entries"][0]["score"] == 30
+    assert live.connections == 2
+    assert len(seen.snapshots) == 1  # only the first subscribe: the resubscribe was recovered
+    epoch, offset = live.positions["leaderboard:global"]
+    assert epoch == before[0] and offset == before[1] + 1
+    assert seen.states.count("reconnecting") >= 2  # the wait, and at least one refused attempt
