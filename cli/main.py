@@ -119,5 +119,37 @@ def users_create(obj: Context, username: str, password: str, role: str) -> None:
     console.print(f"[green]created {role} {username} (user_id {user.id})[/green]")
 
 
+@cli.command("demo")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="the server's base URL")
+@click.option("--players", default=200, show_default=True, type=click.IntRange(1, 10_000), help="bot players")
+@click.option("--rate", default=20.0, show_default=True, type=click.FloatRange(0.1, 5_000),
+              help="submissions per second, all bots together")
+@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(1, 86_400), help="seconds")
+@click.option("--board", default="global", show_default=True)
+@click.option("--prefix", default="bot", show_default=True, help="bot usernames are PREFIX0000, PREFIX0001, ...")
+@click.option("--password", default="demo-bot-password", show_default=True, help="every bot's password")
+@click.option("--max-points", default=500, show_default=True, type=click.IntRange(1), help="points are 1..this")
+@click.option("--setup-timeout", default=120.0, show_default=True, type=click.FloatRange(1, 3_600),
+              help="seconds to wait for the first bot to log in")
+def demo(url: str, players: int, rate: float, duration: float, board: str, prefix: str, password: str,
+         max_points: int, setup_timeout: float) -> None:
+    """Bots that log in (registering if needed) and submit random signed scores at RATE for DURATION.
+
+    Talks to a running server over HTTP only; watch it live at URL/. The run lasts DURATION seconds from
+    the first bot's login. Logins are rate limited per address (auth.login_limit_per_address,
+    auth.register_limit_per_address): bots wait out 429s and join as they can.
+    """
+    from . import demo as demo_module
+
+    settings = demo_module.Settings(url.rstrip("/"), players, rate, duration, board, prefix, password, max_points,
+                                    setup_timeout=setup_timeout)
+    console.print(f"demo: {players} bots -> {settings.url}, {rate:g}/s for {duration:g} s on board {board!r}")
+    try:
+        sys.exit(demo_module.main(settings, console))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+
+
 if __name__ == "__main__":
     cli()
