@@ -1,0 +1,208 @@
+"""The database executor (scoreboard/store/db.py): group commit, per-job savepoints, reads off the event loop.
+
+Everything runs on the server's own loop through `server.call`, against the server's real database.
+Where a test needs jobs to land in one batch, it holds the writer with a job that waits on an event,
+queues the jobs, then releases it: batching is then a fact, not a timing accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import threading
+import uuid
+
+import peewee as pw
+import psycopg2
+import pytest
+
+from scoreboard.errors import InvalidRequest
+from scoreboard.store.models import Setting
+
+from conftest import POSTGRES_URL
+
+JOBS = 200
+
+
+def _insert(key: str, value: str = "v"):
+    return lambda: Setting.create(key=key, value=value).key
+
+
+def _keys_present(prefix: str) -> set[str]:
+    return {row.key for row in Setting.select(Setting.key).where(Setting.key.startswith(prefix))}
+
+
+async def _as_one_batch(store, jobs: list) -> list:
+    """Run `jobs` as concurrent writes that the writer takes as one batch; results or exceptions, in order."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(10)
+
+    held = asyncio.ensure_future(store.write(hold))
+    await asyncio.get_running_loop().run_in_executor(None, holding.wait, 10)
+
+    async def open_gate() -> None:  # gather starts its tasks in order: every job is queued before this runs
+        release.set()
+
+    results = await asyncio.gather(*(store.write(job) for job in jobs), open_gate(), return_exceptions=True)
+    await held
+    return results[:-1]
+
+
+# ---- group commit -------------------------------------------------------------------------------
+
+
+def test_concurrent_writes_are_committed_in_far_fewer_transactions_than_jobs(server):
+    store = server.app.store
+    server.call(store.write(lambda: Setting.create(key="counter", value="0")))
+    before = store.stats.transactions
+
+    def bump() -> int:
+        row = Setting.get_by_id("counter")
+        row.value = str(int(row.value) + 1)
+        row.save()
+        return int(row.value)
+
+    async def submit() -> list[int]:
+        return await asyncio.gather(*(store.write(bump) for _ in range(JOBS)))
+
+    results = server.call(submit())
+
+    assert sorted(results) == list(range(1, JOBS + 1))
+    assert server.call(store.read(lambda: Setting.get_by_id("counter").value)) == str(JOBS)
+    assert store.stats.transactions - before <= 10
+
+
+def test_each_write_resolves_only_after_its_transaction_committed(server):
+    """Another connection (a reader thread) already sees the row when the write's await returns."""
+    store = server.app.store
+
+    async def write_then_look(i: int) -> bool:
+        key = f"visible-{i}"
+        await store.write(_insert(key))
+        return await store.read(lambda: Setting.get_or_none(Setting.key == key) is not None)
+
+    async def submit() -> list[bool]:
+        return await asyncio.gather(*(write_then_look(i) for i in range(JOBS)))
+
+    assert server.call(submit()) == [True] * JOBS
+
+
+def test_a_batch_never_exceeds_group_commit_max(server_factory):
+    server = server_factory({"database": {"group_commit_max": 16}})
+    store = server.app.store
+
+    server.call(_as_one_batch(store, [_insert(f"capped-{i}") for i in range(JOBS)]))
+
+    assert store.stats.largest_batch == 16
+    assert len(server.call(store.read(_keys_present, "capped-"))) == JOBS
+
+
+def test_a_failing_job_rolls_back_only_itself(server):
+    store = server.app.store
+
+    def insert_then_refuse() -> None:
+        Setting.create(key="batch-refused", value="v")
+        raise InvalidRequest("refused after writing")
+
+    results = server.call(_as_one_batch(store, [_insert("batch-a"), insert_then_refuse, _insert("batch-b")]))
+
+    assert store.stats.commit_log[-1] == 3  # the three jobs shared one transaction
+    assert results[0] == "batch-a" and results[2] == "batch-b"
+    assert isinstance(results[1], InvalidRequest)
+    assert server.call(store.read(_keys_present, "batch-")) == {"batch-a", "batch-b"}
+
+
+def test_a_constraint_violation_fails_only_its_own_job(server):
+    store = server.app.store
+    server.call(store.write(_insert("unique-taken")))
+
+    results = server.call(_as_one_batch(store, [_insert("unique-a"), _insert("unique-taken"), _insert("unique-b")]))
+
+    assert store.stats.commit_log[-1] == 3
+    assert isinstance(results[1], pw.IntegrityError)
+    assert server.call(store.read(_keys_present, "unique-")) == {"unique-a", "unique-taken", "unique-b"}
+
+
+# ---- reads stay off the event loop --------------------------------------------------------------
+
+
+class HeldQuery:
+    """A real query that keeps running inside the database until `release()`.
+
+    SQLite: a SQL function that waits on an event. PostgreSQL: waiting for an advisory lock this test
+    holds on its own connection.
+    """
+
+    def __init__(self, server, backend: str) -> None:
+        self.store = server.app.store
+        self.backend = backend
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.lock_id = uuid.uuid4().int % 2**62
+        self.holder = None
+        if backend == "services":
+            self.holder = psycopg2.connect(POSTGRES_URL)
+            self.holder.autocommit = True
+            self.holder.cursor().execute("SELECT pg_advisory_lock(%s)", (self.lock_id,))
+
+    def run(self) -> int:
+        """The read: runs on a reader thread of the store."""
+        if self.backend == "services":
+            sql = f"SELECT pg_advisory_lock({self.lock_id}), pg_advisory_unlock({self.lock_id})"
+        else:
+            self.store.db.connection().create_function("held", 0, lambda: int(self.gate.wait(10)))
+            sql = "SELECT held()"
+        self.started.set()
+        self.store.db.execute_sql(sql).fetchall()
+        return 1
+
+    def release(self) -> None:
+        self.gate.set()
+        if self.holder is not None:
+            self.holder.cursor().execute("SELECT pg_advisory_unlock(%s)", (self.lock_id,))
+            self.holder.close()
+            self.holder = None
+
+
+@pytest.fixture
+def held_query(server, backend):
+    query = HeldQuery(server, backend)
+    yield query
+    query.release()
+
+
+def _healthz_status(server) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_a_slow_query_does_not_delay_a_concurrent_healthz(server, held_query):
+    slow = asyncio.run_coroutine_threadsafe(server.app.store.read(held_query.run), server.loop)
+    assert held_query.started.wait(5)
+
+    status = _healthz_status(server)
+
+    assert status == 200
+    assert not slow.done()  # healthz answered while the query was still running
+    held_query.release()
+    assert slow.result(10) == 1
+
+
+def test_a_slow_query_does_not_delay_a_write(server, held_query):
+    store = server.app.store
+    slow = asyncio.run_coroutine_threadsafe(store.read(held_query.run), server.loop)
+    assert held_query.started.wait(5)
+
+    written = server.call(store.write(_insert("during-slow-read")), timeout=5)
+
+    assert written == "during-slow-read"
+    assert not slow.done()
+    held_query.release()
+    assert slow.result(10) == 1
