@@ -19,7 +19,8 @@ from .boards import Boards
 from .clock import Clock
 from .config import Config, load
 from .errors import ConfigError, ScoreboardError
-from .handlers import base, http, scores, static
+from .handlers import base, http, scores, static, ws
+from .hub import Hub
 from .metrics import Metrics
 from .scores import SCORES_CHANNEL, Scores
 from .store import migrations
@@ -113,6 +114,9 @@ class App:
         self.boards = Boards(self.config, self.store, self.index, self.clock)
         self.scores = Scores(self.config, self.store, self.kv, self.index, self.bus, self.users, self.clock)
         self.scores.stale_boards = self.boards.stale
+        self.hub = Hub(self.config, self.bus, self.kv, self.index, self.boards, self.users, self.clock, self.metrics)
+        self.scores.accepted_listeners.append(self.hub.on_accepted)
+        self.closers.insert(0, self.hub.close)  # before the bus: close WebSockets (1001), stop ticks
         await self.bus.subscribe(SCORES_CHANNEL, self.boards.on_score_event)
         if self.config.cache.rebuild_on_start:
             await self.boards.rebuild_current()
@@ -143,6 +147,7 @@ class App:
             (r"/healthz", http.HealthHandler),
             (r"/readyz", http.ReadyHandler),
             (r"/metrics", http.MetricsHandler),
+            (r"/ws", ws.WebSocketHandler),
             (r"/", static.IndexHandler),
             (r"/static/(.*)", static.StaticHandler, {"path": str(static.STATIC_DIR)}),
         ]
@@ -153,7 +158,10 @@ class App:
                     for pattern, cls, *extra in self.routes()]
         return tornado.web.Application(
             handlers, default_handler_class=base.NotFoundHandler, default_handler_args={"app": self},
-            log_function=self._log_request, compress_response=False)
+            log_function=self._log_request, compress_response=False,
+            # tornado caps the timeout at the interval
+            websocket_ping_interval=self.config.websocket.ping_interval_s,
+            websocket_ping_timeout=min(self.config.websocket.ping_timeout_s, self.config.websocket.ping_interval_s))
 
     def _log_request(self, handler: tornado.web.RequestHandler) -> None:
         fields = {"method": handler.request.method, "path": handler.request.path, "status": handler.get_status(),
