@@ -23,7 +23,7 @@ from .kv import KV, NotGreater
 from .leaderboard import Entry, Index
 from .periods import period_of
 from .ratelimit import Limit, check
-from .store.db import Store
+from .store.db import Statement, Store
 from .store.models import Action, Score, Session, User
 from .users import ClientInfo, Principal, Users
 
@@ -155,24 +155,22 @@ class Scores:
         old = row.score if row else None
         new = rules.next_score(board.operator, board.order, old, sub.points)
         rules.check_range(board, new)
-        action = Action.create(
-            user=principal.user_id, session_id=principal.session_id, action_id=sub.action_id,
-            body_hash=sub.content_hash, board=board.name, period=period, type=sub.type, points=sub.points,
-            duration_ms=sub.duration_ms, seq=sub.seq, client_ts=sub.ts, result="{}", created_at=now)
-        reached = action.id if (row is None or new != old) else row.reached_seq
-        _save_score(row, board.name, period, principal.user_id, new, reached, now)
-        Session.update(last_seq=sub.seq).where((Session.id == principal.session_id)
-                                               & (Session.last_seq < sub.seq)).execute()
+        # The action row is written with its result at once (the same value an UPDATE used to set).
         result = {"accepted": True, "duplicate": False, "action_id": sub.action_id, "board": board.name,
                   "period": period, "score": new}
-        Action.update(result=orjson.dumps(result).decode()).where(Action.id == action.id).execute()
+        action_id = _INSERT_ACTION.insert(
+            principal.user_id, principal.session_id, sub.action_id, sub.content_hash, board.name, period, sub.type,
+            sub.points, sub.duration_ms, sub.seq, sub.ts, orjson.dumps(result).decode(), "accepted", now)
+        reached = action_id if (row is None or new != old) else row.reached_seq
+        _save_score(row, board.name, period, principal.user_id, new, reached, now)
+        _ADVANCE_SESSION.cursor(sub.seq, principal.session_id)
         ctx = audit.Context(principal.user_id, principal.session_id, client.address, client.user_agent,
                             client.request_id)
-        audit.append(ctx, "score.accepted", f"action:{action.id}",
+        audit.append(ctx, "score.accepted", f"action:{action_id}",
                      {"score": old}, {"score": new, "points": sub.points, "type": sub.type, "board": board.name,
                                       "period": period, "action_id": sub.action_id}, now)
-        username = User.select(User.username).where(User.id == principal.user_id).scalar()
-        return Committed(action.id, period, new, old, reached, username)
+        username = _USERNAME.cursor(principal.user_id).fetchone()[0]
+        return Committed(action_id, period, new, old, reached, username)
 
     # ---- after commit ---------------------------------------------------------------------------
 
@@ -192,8 +190,7 @@ class Scores:
                   "total": total}
         # Recorded for retries after the fact: the acknowledgement does not wait on a second transaction.
         recorded = asyncio.ensure_future(self.store.write(
-            lambda: Action.update(result=orjson.dumps(result).decode())
-            .where(Action.id == committed.action_row_id).execute()))
+            lambda: _RECORD_RESULT.cursor(orjson.dumps(result).decode(), committed.action_row_id)))
         recorded.add_done_callback(_log_failure)
         event = {"user_id": principal.user_id, "username": committed.username, "board": board.name,
                  "period": period, "score": committed.score, "previous_score": committed.previous,
@@ -208,8 +205,36 @@ class Scores:
         return result
 
 
+# The submission's statements, SQL generated once (see Statement); the probes are example values.
+_FIND_ACTION = Statement(lambda user_id, action_id: Action.select(Action.id, Action.body_hash, Action.result)
+                         .where((Action.user == user_id) & (Action.action_id == action_id)), (1, "a"))
+_SCORE_ROW = Statement(lambda board, period, user_id: Score.select(Score.score, Score.reached_seq).where(
+    (Score.board == board) & (Score.period == period) & (Score.user == user_id)), ("b", "p", 1))
+_SCORE_ROW_LOCKED = Statement(lambda *key: _SCORE_ROW.build(*key).for_update(), _SCORE_ROW.probe)
+_INSERT_ACTION = Statement(
+    lambda user_id, session_id, action_id, body_hash, board, period, kind, points, duration_ms, seq, client_ts,
+    result, status, created_at: Action.insert(
+        user=user_id, session_id=session_id, action_id=action_id, body_hash=body_hash, board=board, period=period,
+        type=kind, points=points, duration_ms=duration_ms, seq=seq, client_ts=client_ts, result=result,
+        status=status, created_at=created_at),
+    (1, "s", "a", "h", "b", "p", "t", 2, 3, 4, 5, "r", "st", 6))
+_INSERT_SCORE = Statement(lambda board, period, user_id, score, reached, now: Score.insert(
+    board=board, period=period, user=user_id, score=score, reached_seq=reached, updated_at=now),
+    ("b", "p", 1, 2, 3, 4))
+_UPDATE_SCORE = Statement(lambda board, period, user_id, score, reached, now: Score.update(
+    score=score, reached_seq=reached, updated_at=now).where(
+    (Score.board == board) & (Score.period == period) & (Score.user == user_id)), ("b", "p", 1, 2, 3, 4))
+_ADVANCE_SESSION = Statement(lambda seq, session_id: Session.update(last_seq=seq).where(
+    (Session.id == session_id) & (Session.last_seq < seq)), (1, "s"))
+_USERNAME = Statement(lambda user_id: User.select(User.username).where(User.id == user_id), (1,))
+_RECORD_RESULT = Statement(lambda result, row_id: Action.update(result=result).where(Action.id == row_id),
+                           ("r", 1))
+
+
 def _find_action(user_id: int, action_id: str) -> Action | None:
-    return Action.get_or_none((Action.user == user_id) & (Action.action_id == action_id))
+    """The committed action (id, body_hash and result only: what a duplicate needs), if any."""
+    row = _FIND_ACTION.cursor(user_id, action_id).fetchone()
+    return None if row is None else Action(id=row[0], body_hash=row[1], result=row[2])
 
 
 def _last_seq(session_id: str) -> int:
@@ -218,20 +243,18 @@ def _last_seq(session_id: str) -> int:
 
 def _locked_score(board: str, period: str, user_id: int) -> Score | None:
     """The user's score row, locked on PostgreSQL so concurrent processes apply one user's actions in turn."""
-    query = Score.select().where((Score.board == board) & (Score.period == period) & (Score.user == user_id))
-    if isinstance(Score._meta.database.obj, pw.PostgresqlDatabase):
-        query = query.for_update()
-    return query.first()
+    locked = isinstance(Score._meta.database.obj, pw.PostgresqlDatabase)
+    row = (_SCORE_ROW_LOCKED if locked else _SCORE_ROW).cursor(board, period, user_id).fetchone()
+    return None if row is None else Score(board=board, period=period, user=user_id, score=row[0],
+                                          reached_seq=row[1])
 
 
 def _save_score(row: Score | None, board: str, period: str, user_id: int, score: int, reached: int,
                 now: int) -> None:
     if row is None:
-        Score.insert(board=board, period=period, user=user_id, score=score, reached_seq=reached,
-                     updated_at=now).execute()
+        _INSERT_SCORE.cursor(board, period, user_id, score, reached, now)
         return
-    Score.update(score=score, reached_seq=reached, updated_at=now).where(
-        (Score.board == board) & (Score.period == period) & (Score.user == user_id)).execute()
+    _UPDATE_SCORE.cursor(board, period, user_id, score, reached, now)
 
 
 
