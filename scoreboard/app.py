@@ -87,13 +87,12 @@ class App:
         history = self.config.broadcast.history_size
         if self.config.redis.url:
             import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import ExponentialBackoff
 
             from .bus.redis import RedisBus
             from .kv.redis import RedisKV
             from .leaderboard.redis import RedisIndex
-
-            from redis.asyncio.retry import Retry
-            from redis.backoff import ExponentialBackoff
 
             # One quick retry rides over a dropped connection; more would hold requests past a real outage.
             self.redis = redis.asyncio.Redis.from_url(

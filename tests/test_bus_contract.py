@@ -11,7 +11,6 @@ import contextlib
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import REDIS_URL, require_redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -19,6 +18,8 @@ from scoreboard.bus import Bus, Event
 from scoreboard.bus.local import LocalBus
 from scoreboard.bus.redis import RedisBus
 from scoreboard.errors import Unavailable
+
+from conftest import REDIS_URL, require_redis
 
 TIMEOUT_S = 5.0
 

@@ -7,7 +7,6 @@ import time
 
 import pytest
 import redis.asyncio
-from conftest import require_redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -15,6 +14,8 @@ from scoreboard import errors
 from scoreboard.kv import NotGreater, RateDecision
 from scoreboard.kv.memory import MemoryKV
 from scoreboard.kv.redis import RedisKV
+
+from conftest import require_redis
 
 NOW = 1_795_000_000_000
 
