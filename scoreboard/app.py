@@ -20,7 +20,7 @@ from .clock import Clock
 from .config import Config, load
 from .errors import ConfigError, ScoreboardError
 from .handlers import base, http, scores, static, ws
-from .hub import Hub
+from .hub import REVOCATIONS_CHANNEL, Hub
 from .metrics import Metrics
 from .scores import SCORES_CHANNEL, Scores
 from .store import migrations
@@ -115,6 +115,8 @@ class App:
         self.scores.stale_boards = self.boards.stale
         self.hub = Hub(self.config, self.bus, self.kv, self.index, self.boards, self.users, self.clock, self.metrics)
         self.scores.accepted_listeners.append(self.hub.on_accepted)
+        self.users.revoked_listeners.append(self.hub.announce_revoked)
+        await self.bus.subscribe(REVOCATIONS_CHANNEL, self.hub.on_revoked)
         self.closers.insert(0, self.hub.close)  # before the bus: close WebSockets (1001), stop ticks
         await self.bus.subscribe(SCORES_CHANNEL, self.boards.on_score_event)
         if self.config.cache.rebuild_on_start:

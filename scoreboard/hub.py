@@ -56,6 +56,8 @@ USER_ID_RE = re.compile(r"[1-9][0-9]{0,15}")
 USER_ID_MAX = 2**53 - 1
 EVENT_PAYLOAD_HEAD = b'{"type":'
 GOING_AWAY = 1001
+UNAUTHORIZED_CLOSE = 4001
+REVOCATIONS_CHANNEL = "_revocations"  # internal: {"session_id"} whenever a session is revoked anywhere
 
 
 class Peer(Protocol):
@@ -177,6 +179,8 @@ class Hub:
         self.interval_ms = config.broadcast.interval_ms
         self._channels: dict[str, _Channel] = {}
         self._peers: dict[Peer, set[str]] = {}
+        self._sessions: dict[str, set[Peer]] = {}  # session id -> its authenticated connections here
+        self._session_of: dict[Peer, str] = {}
         self._leased: set[str] = set()  # boards whose tick this process runs and has not released yet
         self._tasks: set[asyncio.Task] = set()
         self._token = uuid.uuid4().hex.encode()
@@ -191,8 +195,29 @@ class Hub:
         self._peers.setdefault(peer, set())
         self.metrics.ws_connections.set(len(self._peers))
 
+    def bind(self, peer: Peer, principal: Principal) -> None:
+        """Remember whose session the connection speaks for, so revoking the session closes it."""
+        self._session_of[peer] = principal.session_id
+        self._sessions.setdefault(principal.session_id, set()).add(peer)
+
+    def on_revoked(self, event: Event) -> None:
+        """Bus listener (`REVOCATIONS_CHANNEL`): a session was revoked on some process; close its sockets."""
+        session_id = orjson.loads(event.payload)["session_id"]
+        for peer in list(self._sessions.get(session_id, ())):
+            self.detach(peer)
+            peer.close(UNAUTHORIZED_CLOSE, "session revoked")
+
+    async def announce_revoked(self, session_id: str) -> None:
+        await self.bus.publish(REVOCATIONS_CHANNEL, orjson.dumps({"session_id": session_id}))
+
     def detach(self, peer: Peer) -> None:
         """Forget the peer and all its subscriptions now; bus subscriptions left empty go in the background."""
+        session_id = self._session_of.pop(peer, None)
+        if session_id is not None:
+            peers = self._sessions.get(session_id, set())
+            peers.discard(peer)
+            if not peers:
+                self._sessions.pop(session_id, None)
         for channel in self._peers.pop(peer, ()):
             self._unsubscribe_later(channel, self._leave(peer, channel))
         self.metrics.ws_connections.set(len(self._peers))

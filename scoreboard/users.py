@@ -53,6 +53,8 @@ class Users:
         self.clock = clock
         self.passwords = auth.Passwords(config)
         self.tokens = auth.Tokens(config, jwt_secret)
+        # Coroutines called with a session id once it is revoked (the hub closes its live connections).
+        self.revoked_listeners: list = []
         self.limits = {
             "user": Limit.parse(config.login_limit_per_username),
             "addr": Limit.parse(config.login_limit_per_address),
@@ -176,6 +178,8 @@ class Users:
         now = self.clock.now_ms()
         ttl = (self.config.access_ttl_s + self.config.leeway_s) * 1000 + self.config.session_cache_ms
         await self.kv.set(_session_key(session_id), b'{"revoked":true}', now, ttl_ms=ttl)
+        for listener in self.revoked_listeners:
+            await listener(session_id)
 
     # ---- per request ----------------------------------------------------------------------------
 

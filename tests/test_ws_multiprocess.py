@@ -61,3 +61,17 @@ def test_events_of_a_submission_on_one_process_reach_subscribers_on_the_other(tw
         ws.close()
 
     run(body())
+
+
+def test_logout_on_one_process_closes_the_sessions_websocket_on_the_other(two_processes):
+    a, b = two_processes
+    dave_on_a = Player(Http(a.url), "dave")
+    dave_on_b = Player(Http(b.url), "dave", login=dave_on_a.login)
+
+    async def body():
+        ws = await Ws.open(a, dave_on_a.login["access_token"])
+        await ws.subscribe(f"user:{dave_on_a.user_id}")
+        assert dave_on_b.http.post("/auth/logout").status == 204
+        assert await ws.close_code() == 4001
+
+    run(body())

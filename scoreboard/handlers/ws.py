@@ -113,6 +113,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.opened = self.refilled = time.monotonic()
         self.set_nodelay(True)
         self.hub.attach(self)
+        if self.principal is not None:
+            self.hub.bind(self, self.principal)
 
     def on_close(self) -> None:
         self.hub.detach(self)
@@ -193,6 +195,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if self.received != 1 or time.monotonic() - self.opened > self.limits.auth_timeout_s:
             raise InvalidRequest(f"auth must be the first message, within {self.limits.auth_timeout_s} s")
         self.principal = await self.hub.authenticate(wire.field(body, "token", str))
+        self.hub.bind(self, self.principal)
         self._send(orjson.dumps({"op": "authed", "user_id": self.principal.user_id, "role": self.principal.role}))
 
     async def _subscribe(self, body: dict) -> None:
