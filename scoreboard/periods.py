@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-PATTERNS = {
+PATTERNS = {  # ASCII: to a str pattern \d also matches other scripts' digits, which strptime accepts
     "never": re.compile(r"all"),
-    "daily": re.compile(r"\d{4}-\d{2}-\d{2}"),
-    "weekly": re.compile(r"\d{4}-W\d{2}"),
-    "monthly": re.compile(r"\d{4}-\d{2}"),
+    "daily": re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII),
+    "weekly": re.compile(r"\d{4}-W\d{2}", re.ASCII),
+    "monthly": re.compile(r"\d{4}-\d{2}", re.ASCII),
 }
 
 
@@ -39,7 +39,8 @@ def is_valid(reset: str, period: str) -> bool:
         elif reset == "monthly":
             datetime.strptime(period, "%Y-%m")
         elif reset == "weekly":
-            datetime.strptime(period + "-1", "%G-W%V-%u")
+            # fromisocalendar, unlike strptime("%G-W%V"), refuses week 53 of a year that has 52.
+            datetime.fromisocalendar(int(period[:4]), int(period[6:]), 1)
     except ValueError:
         return False
     return True

@@ -73,7 +73,14 @@ class Scores:
                 raise
             return await self._with_rank(stored, principal.user_id, sub)
         rule = rules.check_action(sub, self.config)
-        await self._per_minute(principal.user_id, rule, now)
+        try:
+            await self._per_minute(principal.user_id, rule, now)
+        except ScoreRejected:
+            # A retry (fresh nonce and seq) of a committed action is a duplicate, not one action too many.
+            stored = await self._stored_result(principal.user_id, sub)
+            if stored is None:
+                raise
+            return await self._with_rank(stored, principal.user_id, sub)
         try:
             committed = await self.store.write(lambda: self._commit(principal, sub, client, now))
         except Unavailable:

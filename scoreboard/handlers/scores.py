@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from .. import wire
 from ..errors import InvalidRequest
 from .base import BaseHandler
 
 USER_ID_MAX = 2**53 - 1
+USER_ID_RE = re.compile(r"[0-9]{1,16}")
 
 
 class SubmitHandler(BaseHandler):
@@ -52,7 +55,8 @@ class ReadHandler(BaseHandler):
 
 
 def _user_id(text: str) -> int:
-    if not text.isdigit() or len(text) > 16 or not 0 < int(text) <= USER_ID_MAX:
+    # ASCII digits only: str.isdigit() also passes "²" (int() then raises) and other scripts' digits.
+    if not USER_ID_RE.fullmatch(text) or not 0 < int(text) <= USER_ID_MAX:
         raise InvalidRequest("user_id must be a positive integer", field="user_id")
     return int(text)
 
