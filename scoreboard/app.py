@@ -114,7 +114,7 @@ class App:
         self.scores = Scores(self.config, self.store, self.kv, self.index, self.bus, self.users, self.clock)
         self.scores.stale_boards = self.boards.stale
         self.hub = Hub(self.config, self.bus, self.kv, self.index, self.boards, self.users, self.clock, self.metrics)
-        self.scores.accepted_listeners.append(self.hub.on_accepted)
+        self.scores.accepted_listeners += [self.boards.on_accepted, self.hub.on_accepted]
         self.users.revoked_listeners.append(self.hub.announce_revoked)
         await self.bus.subscribe(REVOCATIONS_CHANNEL, self.hub.on_revoked)
         self.closers.insert(0, self.hub.close)  # before the bus: close WebSockets (1001), stop ticks

@@ -91,6 +91,10 @@ class Boards:
     def changed(self, key: str) -> None:
         self.versions[key] = self.versions.get(key, 0) + 1
 
+    async def on_accepted(self, event: dict) -> None:
+        """Accepted in this process: drop cached pages now, not when the bus echo comes back."""
+        self.changed(f"{event['board']}:{event['period']}")
+
     def on_score_event(self, event) -> None:
         """Bus listener: another (or this) process changed a board."""
         data = orjson.loads(event.payload)

@@ -232,10 +232,12 @@ def test_readers_see_the_old_or_the_new_board_never_half(board):
 def _random_board(seed: int, users: int = 2000) -> tuple[list[Entry], list[Entry]]:
     """(initial rows, later updates): scores from a small range so ties are everywhere."""
     rng = random.Random(seed)
-    seqs = rng.sample(range(1, 10**9), users + users // 4)
+    seqs = rng.sample(range(1, 10**9), users)
     initial = [Entry(u, rng.randint(-20, 40), seqs[u - 1], f"user{u}") for u in range(1, users + 1)]
     movers = rng.sample(range(1, users + 1), users // 4)
-    updates = [Entry(u, rng.randint(-20, 40), seqs[users + i], f"user{u}") for i, u in enumerate(movers)]
+    # Updates were committed later than every initial row, so they carry higher reached_seq values.
+    later = rng.sample(range(10**9, 2 * 10**9), len(movers))
+    updates = [Entry(u, rng.randint(-20, 40), later[i], f"user{u}") for i, u in enumerate(movers)]
     return initial, updates
 
 
@@ -357,3 +359,15 @@ def test_redis_unreachable_is_unavailable(event_loop_runner):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_an_older_entry_arriving_late_does_not_replace_a_newer_one(board, order):
+    async def scenario(index):
+        await index.apply("late", order, Entry(1, 50, 20, "a"))
+        assert await index.apply("late", order, Entry(1, 10, 7, "a")) == (1, 1, 1)
+        await index.apply_many("late", order, [Entry(1, 30, 9, "a")])
+        assert await index.rank("late", order, 1) == (1, 50)
+
+    board.run(scenario)

@@ -45,7 +45,12 @@ class _Board:
         self.names: dict[int, str] = {}
 
     def put(self, entry: Entry) -> int | None:
-        """Insert or move the user; returns the 1-based rank they held before, or None."""
+        """Insert or move the user; returns the 1-based rank they held before, or None.
+
+        An entry older (lower reached_seq) than the one held arrived late and is ignored."""
+        held = self.by_user.get(entry.user_id)
+        if held is not None and held[1] > entry.reached_seq:
+            return self.keys.index(held) + 1
         previous = self.pop(entry.user_id)
         key = sort_key(self.order, entry)
         self.keys.add(key)

@@ -53,25 +53,34 @@ local function rows(start, stop)
   return out
 end
 
+-- Members start with the (inverted, on desc boards) reached_seq, zero-padded: comparing those 16 characters
+-- tells which of two entries the database committed later. An older one arriving late is ignored.
+local function older(member, old)
+  local new_seq, old_seq = string.sub(member, 1, 16), string.sub(old, 1, 16)
+  if rev then return new_seq > old_seq end
+  return new_seq < old_seq
+end
+
 local function put(uid, score, member, name, want_previous)
   local old, meta = member_of(uid)
   local previous = 0
   if old then
     if want_previous then previous = redis.call(RANK, KEYS[1], old) + 1 end
+    if older(member, old) then return previous, old end
     redis.call('ZREM', KEYS[1], old)
     -- An empty username means "not known here", not "renamed to nothing".
     if name == '' then name = string.sub(meta, #old + 2) end
   end
   redis.call('ZADD', KEYS[1], score, member)
   redis.call('HSET', KEYS[2], uid, member .. ' ' .. name)
-  return previous
+  return previous, member
 end
 """
 
 # ARGV: order, user_id, score, member, username -> {rank, previous_rank or 0, total}
 _APPLY = """
-local previous = put(ARGV[2], ARGV[3], ARGV[4], ARGV[5], true)
-return {redis.call(RANK, KEYS[1], ARGV[4]) + 1, previous, redis.call('ZCARD', KEYS[1])}
+local previous, member = put(ARGV[2], ARGV[3], ARGV[4], ARGV[5], true)
+return {redis.call(RANK, KEYS[1], member) + 1, previous, redis.call('ZCARD', KEYS[1])}
 """
 
 # ARGV: order, then (user_id, score, member, username) repeated
