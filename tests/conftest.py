@@ -107,3 +107,11 @@ def client(server):
     from harness import Http
 
     return Http(server.url)
+
+
+@pytest.fixture
+def clock():
+    """A ManualClock: pass it to server_factory(clock=...) and move time without sleeping."""
+    from scoreboard.clock import ManualClock
+
+    return ManualClock()

@@ -255,3 +255,7 @@ class Player:
 
     def submit(self, points: int = 10, **fields) -> Response:
         return self.send(json.dumps(self.body(points, **fields)).encode())
+
+
+def encode(body: dict) -> bytes:
+    return json.dumps(body).encode()

@@ -13,15 +13,9 @@ import json
 import pytest
 
 from scoreboard import audit
-from scoreboard.clock import ManualClock
 from scoreboard.store.models import Action, AuditRecord, Setting
 
 from harness import Http, Player
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import re
 
 import pytest
 
-from scoreboard.clock import ManualClock
-
 from harness import Http, register_and_login
 
 PASSWORD = "correct horse battery"
@@ -295,11 +293,6 @@ def test_logout_without_a_token_is_unauthorized(client):
 
 
 # ---- access token expiry (injected clock, no sleeping) ------------------------------------------
-
-
-@pytest.fixture
-def clock():
-    return ManualClock()
 
 
 @pytest.fixture

@@ -7,15 +7,13 @@ score_data: the transport fields (nonce, seq, ts) may be fresh on a retry. Both 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
 import pytest
 
-from scoreboard.clock import ManualClock
 from scoreboard.store.models import Action, AuditRecord, Score
 
-from harness import Http, Player
+from harness import Http, Player, encode
 
 SETTINGS = {
     "boards": {"global": {}, "weekly": {"operator": "incr", "reset": "weekly"}},
@@ -26,11 +24,6 @@ RESULT_FIELDS = ("accepted", "action_id", "board", "period", "score", "rank", "p
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
 def srv(server_factory, clock):
     return server_factory(SETTINGS, clock=clock)
 
@@ -38,10 +31,6 @@ def srv(server_factory, clock):
 @pytest.fixture
 def alice(srv, clock) -> Player:
     return Player(Http(srv.url), "alice", clock_ms=clock.now_ms)
-
-
-def encode(body: dict) -> bytes:
-    return json.dumps(body).encode()
 
 
 def stored(server, user_id: int) -> dict:

@@ -7,7 +7,6 @@ they get past the signature check. Both backends; time comes from a ManualClock.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +14,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from scoreboard.clock import ManualClock
 from scoreboard.signing import new_session_key, sign
 from scoreboard.store.models import Action, AuditRecord, Score
 
-from harness import Http, Player, Response
+from harness import Http, Player, Response, encode
 
 WINDOW_S = 300  # signing.window_s default
 SETTINGS = {
@@ -33,11 +31,6 @@ SETTINGS = {
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
 def srv(server_factory, clock):
     return server_factory(SETTINGS, clock=clock)
 
@@ -45,10 +38,6 @@ def srv(server_factory, clock):
 @pytest.fixture
 def alice(srv, clock) -> Player:
     return Player(Http(srv.url), "alice", clock_ms=clock.now_ms)
-
-
-def encode(body: dict) -> bytes:
-    return json.dumps(body).encode()
 
 
 def row_counts(server) -> tuple[int, int, int]:
