@@ -244,8 +244,10 @@ def report(rows: list[dict], args: argparse.Namespace) -> bool:
                 notes.append("non-200: " + ", ".join(f"{k} x{v}" for k, v in sorted(run.non_200.items())))
             if run.exhausted:
                 notes.append(f"{run.exhausted} clients ran out of pre-built requests (raise --max-rps)")
+            cpu_ms = run.server_cpu * run.elapsed_s / run.measured * 1000 if run.measured else 0.0
             print(f"  {row['backend']}/{name}: {run.measured:,} measured in {run.elapsed_s:.2f} s, "
-                  f"max {run.max_ms:.1f} ms, load generator {run.loadgen_cpu_s / run.elapsed_s:.0%} of a core, "
+                  f"max {run.max_ms:.1f} ms, server CPU {cpu_ms:.2f} ms per request, "
+                  f"load generator {run.loadgen_cpu_s / run.elapsed_s:.0%} of a core, "
                   f"machine {run.busy_before:.0%} busy just before"
                   + ("; " + "; ".join(notes) if notes else ""))
         if row["py_spy"]:

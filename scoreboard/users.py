@@ -22,6 +22,8 @@ from .ratelimit import Limit, check
 from .store.db import Store
 from .store.models import Session, SpentRefreshToken, User
 
+VERIFIED_TOKENS_MAX = 10_000  # about 4 MB of tokens; past it the memory starts over
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -53,6 +55,8 @@ class Users:
         self.clock = clock
         self.passwords = auth.Passwords(config)
         self.tokens = auth.Tokens(config, jwt_secret)
+        # token -> its claims, for tokens that passed full verification (see _verify).
+        self.verified: dict[str, auth.Claims] = {}
         # Coroutines called with a session id once it is revoked (the hub closes its live connections).
         self.revoked_listeners: list = []
         self.limits = {
@@ -188,7 +192,7 @@ class Users:
 
     async def principal(self, token: str, allow_suspended: bool = False) -> Principal:
         now = self.clock.now_ms()
-        claims = self.tokens.verify(token, now // 1000)
+        claims = self._verify(token, now // 1000)
         info = await self._session_info(claims.session_id, now)
         if info.get("revoked") or info.get("u") != claims.user_id or info.get("x", 0) < now:
             raise Unauthorized("session is revoked or expired")
@@ -197,6 +201,21 @@ class Users:
         if info["s"] == "suspended" and not allow_suspended:
             raise Suspended("this account is suspended")
         return Principal(claims.user_id, claims.session_id, info["r"], info["s"], info["k"])
+
+    def _verify(self, token: str, now_s: int) -> auth.Claims:
+        """Tokens.verify, without decoding the same token again on every request of a session.
+
+        Everything verify checks but the expiry depends only on the token's bytes and the secret, so a
+        token that passed once passes again while it has not expired; the expiry is checked on every call,
+        and an expired or unknown token goes through the full verification (and its error)."""
+        claims = self.verified.get(token)
+        if claims is not None and claims.expires_at + self.config.leeway_s >= now_s:
+            return claims
+        claims = self.tokens.verify(token, now_s)
+        if len(self.verified) >= VERIFIED_TOKENS_MAX:
+            self.verified.clear()
+        self.verified[token] = claims
+        return claims
 
     async def _session_info(self, session_id: str, now: int) -> dict:
         cached = await self.kv.get(_session_key(session_id), now)
