@@ -56,6 +56,9 @@ class Scores:
         self.accepted_listeners: list = []
         # Board periods whose index missed a committed action (cache down): rebuilt before their next read.
         self.stale_boards: set[str] = set()
+        # Acknowledged results waiting to be recorded, and the write job recording the previous ones.
+        self.unrecorded: list[tuple[str, int]] = []
+        self.recording: asyncio.Future | None = None
 
     async def submit(self, raw_body: bytes, signature: str | None, authorization: str | None,
                      client: ClientInfo) -> dict:
@@ -196,9 +199,7 @@ class Scores:
                   "period": period, "score": committed.score, "rank": rank, "previous_rank": previous_rank,
                   "total": total}
         # Recorded for retries after the fact: the acknowledgement does not wait on a second transaction.
-        recorded = asyncio.ensure_future(self.store.write(
-            lambda: _RECORD_RESULT.cursor(orjson.dumps(result).decode(), committed.action_row_id)))
-        recorded.add_done_callback(_log_failure)
+        self._record(committed.action_row_id, orjson.dumps(result).decode())
         event = {"user_id": principal.user_id, "username": committed.username, "board": board.name,
                  "period": period, "score": committed.score, "previous_score": committed.previous,
                  "rank": rank, "previous_rank": previous_rank, "total": total, "action_id": sub.action_id,
@@ -210,6 +211,24 @@ class Scores:
         except Unavailable:
             log.warning("score event for action %s not published: bus unavailable", sub.action_id)
         return result
+
+    def _record(self, row_id: int, result: str) -> None:
+        """Store an acknowledged result in its action row. One write job at a time takes all that gathered
+        meanwhile, so under load the results cost one savepoint per group commit, not one each."""
+        self.unrecorded.append((result, row_id))
+        if self.recording is None:
+            self._record_unrecorded()
+
+    def _record_unrecorded(self) -> None:
+        results, self.unrecorded = self.unrecorded, []
+        self.recording = asyncio.ensure_future(self.store.write(lambda: _record_results(results)))
+        self.recording.add_done_callback(self._recorded)
+
+    def _recorded(self, future: asyncio.Future) -> None:
+        self.recording = None
+        _log_failure(future)
+        if self.unrecorded:
+            self._record_unrecorded()
 
 
 # The submission's statements, SQL generated once (see Statement); the probes are example values.
@@ -236,6 +255,11 @@ _ADVANCE_SESSION = Statement(lambda seq, session_id: Session.update(last_seq=seq
 _USERNAME = Statement(lambda user_id: User.select(User.username).where(User.id == user_id), (1,))
 _RECORD_RESULT = Statement(lambda result, row_id: Action.update(result=result).where(Action.id == row_id),
                            ("r", 1))
+
+
+def _record_results(results: list[tuple[str, int]]) -> None:
+    for result, row_id in results:
+        _RECORD_RESULT.cursor(result, row_id)
 
 
 def _find_action(user_id: int, action_id: str) -> Action | None:
