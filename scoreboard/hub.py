@@ -33,7 +33,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 import orjson
@@ -70,6 +70,32 @@ class Peer(Protocol):
 
     def close(self, code: int, reason: str) -> None: ...
 
+    # Optional, on the class: `fanout(peers: list) -> Callable[[bytes], int]`, one sender for a whole
+    # group of live peers of that class (it sends a message to all of them and returns how many took
+    # it), built again whenever the group changes. Without it the hub calls `deliver` per peer.
+
+
+def senders_of(peers: Iterable[Peer]) -> tuple[Callable[[bytes], int], ...]:
+    """The senders of one channel's live peers: per peer class its `fanout`, else a `deliver` loop."""
+    groups: dict[type, list[Peer]] = {}
+    for peer in peers:
+        groups.setdefault(type(peer), []).append(peer)
+    senders = []
+    for cls, group in groups.items():
+        fanout = getattr(cls, "fanout", None)
+        senders.append(fanout(group) if fanout is not None else _deliver_each(tuple(group)))
+    return tuple(senders)
+
+
+def _deliver_each(peers: tuple[Peer, ...]) -> Callable[[bytes], int]:
+    def send(frame: bytes) -> int:
+        sent = 0
+        for peer in peers:
+            if peer.deliver(frame):
+                sent += 1
+        return sent
+    return send
+
 
 def event_message(channel_head: bytes, event: Event) -> bytes:
     """{"op":"event","channel","epoch","offset","type","data"} spliced from a payload {"type","data"}."""
@@ -96,7 +122,7 @@ class _Channel:
         self.joining: dict[Peer, list[tuple[str, int, bytes]]] = {}
         self.behind: dict[Peer, tuple[str, int]] = {}
         self.seen: tuple[str, int] = ("", -1)  # (epoch, offset) of the last event the bus brought
-        self._targets: tuple[Peer, ...] | None = None
+        self._targets: tuple[Callable[[bytes], int], ...] | None = None  # senders_of(live), when current
         self._head: tuple[str, bytes] = ("", b"")
 
     def __bool__(self) -> bool:
@@ -120,11 +146,10 @@ class _Channel:
             buffered.append((event.epoch, event.offset, frame))
         targets = self._targets
         if targets is None:
-            targets = self._targets = tuple(self.live)
+            targets = self._targets = senders_of(self.live)
         sent = 0
-        for peer in targets:
-            if peer.deliver(frame):
-                sent += 1
+        for send in targets:
+            sent += send(frame)
         if self.behind:
             sent += self._release_behind(event, frame)
         self.metrics.ws_frames.inc(sent)

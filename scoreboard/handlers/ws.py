@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -144,6 +145,49 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                 data = memoryview(data)[sent:]
         out.write(data)  # the future is not awaited; IOStream consumes its exception itself
         return True
+
+    @classmethod
+    def fanout(cls, peers: list[WebSocketHandler]) -> Callable[[bytes], int]:
+        """The hub's sender for a group of live peers (`hub.Peer`): `deliver` to each, with its per-peer
+        work cut to the socket write. Plain-TCP peers are kept as (IOStream, socket.send) pairs; one whose
+        stream has bytes queued, or whose send() fails (would block, closed), takes `deliver`'s path."""
+        direct, others, by_stream = [], [], {}
+        for peer in peers:
+            out = peer.out
+            if peer.direct and out is not None and out.socket is not None:
+                direct.append((out, out.socket.send))
+                by_stream[out] = peer
+            else:
+                others.append(peer)
+        direct_pairs, other_peers = tuple(direct), tuple(others)
+        limit = peers[0].limits.max_buffer_bytes if peers else 0
+
+        def send(message: bytes) -> int:
+            data = _frames.of(message)
+            size = len(data)
+            sent = 0
+            if size > limit:  # too big for any buffer: deliver cuts each peer off (4008)
+                return sum(1 for peer in (*by_stream.values(), *other_peers) if peer.deliver(message))
+            for out, send_now in direct_pairs:
+                if out._total_write_index == out._total_write_done_index:  # nothing queued (see deliver)
+                    try:
+                        done = send_now(data)
+                    except OSError:
+                        done = -1
+                    if done == size:
+                        sent += 1
+                        continue
+                    if done > 0:
+                        out.write(memoryview(data)[done:])
+                        sent += 1
+                        continue
+                if by_stream[out].deliver(message):
+                    sent += 1
+            for peer in other_peers:
+                if peer.deliver(message):
+                    sent += 1
+            return sent
+        return send
 
     def _send(self, message: bytes) -> None:
         if self.deliver(message):
