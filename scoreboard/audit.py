@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import peewee as pw
 
+from .store.db import Statement
 from .store.models import AuditRecord, Setting
 
 GENESIS = "0" * 64
@@ -50,17 +51,28 @@ def append(ctx: Context, kind: str, subject: str, before: Any, after: Any, at: i
                "address": ctx.address, "user_agent": ctx.user_agent, "request_id": ctx.request_id,
                "subject": subject, "before": canonical(before), "after": canonical(after)}
     digest = record_hash(prev_hash, content)
-    record = AuditRecord.create(prev_hash=prev_hash, hash=digest, **content)
-    Setting.update(value=digest).where(Setting.key == HEAD_KEY).execute()
-    return record
+    record_id = _INSERT_RECORD.insert(*(content[name] for name in HASHED_FIELDS), prev_hash, digest)
+    _SET_HEAD.cursor(digest, HEAD_KEY)
+    return AuditRecord(id=record_id, prev_hash=prev_hash, hash=digest, **content)
 
 
 def _lock_head() -> str:
-    Setting.insert(key=HEAD_KEY, value=GENESIS).on_conflict_ignore().execute()
-    query = Setting.select(Setting.value).where(Setting.key == HEAD_KEY)
-    if isinstance(Setting._meta.database.obj, pw.PostgresqlDatabase):
-        query = query.for_update()
-    return query.scalar()
+    _ENSURE_HEAD.cursor(HEAD_KEY, GENESIS)
+    locked = isinstance(Setting._meta.database.obj, pw.PostgresqlDatabase)
+    return (_HEAD_LOCKED if locked else _HEAD).cursor(HEAD_KEY).fetchone()[0]
+
+
+# The chain's statements, SQL generated once (store.db.Statement); the probes are example values.
+_ENSURE_HEAD = Statement(lambda key, value: Setting.insert(key=key, value=value).on_conflict_ignore(), ("k", "v"))
+_HEAD = Statement(lambda key: Setting.select(Setting.value).where(Setting.key == key), ("k",))
+_HEAD_LOCKED = Statement(lambda key: _HEAD.build(key).for_update(), ("k",))
+_SET_HEAD = Statement(lambda value, key: Setting.update(value=value).where(Setting.key == key), ("v", "k"))
+_INSERT_RECORD = Statement(
+    lambda at, kind, actor_id, session_id, address, user_agent, request_id, subject, before, after, prev_hash,
+    digest: AuditRecord.insert(at=at, kind=kind, actor_id=actor_id, session_id=session_id, address=address,
+                               user_agent=user_agent, request_id=request_id, subject=subject, before=before,
+                               after=after, prev_hash=prev_hash, hash=digest),
+    (1, "k", 2, "s", "a", "u", "r", "sub", "b", "af", "p", "h"))
 
 
 @dataclass(frozen=True)

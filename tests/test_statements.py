@@ -10,7 +10,7 @@ from __future__ import annotations
 import peewee as pw
 import pytest
 
-from scoreboard import scores
+from scoreboard import audit, scores
 from scoreboard.store.db import Statement
 from scoreboard.store.models import Setting
 
@@ -30,6 +30,16 @@ def test_every_statement_of_the_submission_path_compiles_to_cached_sql(server, n
     assert compiled is not None, f"{name} binds something that is not a probe value: it would never be cached"
     sql, order = compiled
     assert sorted(set(order)) == list(range(len(statement.probe)))
+
+
+@pytest.mark.parametrize("name", ["_ENSURE_HEAD", "_HEAD", "_HEAD_LOCKED", "_SET_HEAD", "_INSERT_RECORD"])
+def test_every_statement_of_the_audit_chain_compiles_to_cached_sql(server, name):
+    if name == "_HEAD_LOCKED" and not isinstance(server.app.store.db, pw.PostgresqlDatabase):
+        pytest.skip("SQLite has one writer and no row locks; the chain reads _HEAD there")
+    statement: Statement = getattr(audit, name)
+    compiled = _on_db(server, statement._compile)
+    assert compiled is not None, f"{name} binds something that is not a probe value: it would never be cached"
+    assert sorted(set(compiled[1])) == list(range(len(statement.probe)))
 
 
 def test_the_score_row_is_locked_on_postgresql(server):
