@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import peewee as pw
 
-from .store.db import Statement
+from .store.db import Statement, rows_sql
 from .store.models import AuditRecord, Setting
 
 GENESIS = "0" * 64
@@ -54,6 +54,25 @@ def append(ctx: Context, kind: str, subject: str, before: Any, after: Any, at: i
     record_id = _INSERT_RECORD.insert(*(content[name] for name in HASHED_FIELDS), prev_hash, digest)
     _SET_HEAD.cursor(digest, HEAD_KEY)
     return AuditRecord(id=record_id, prev_hash=prev_hash, hash=digest, **content)
+
+
+def append_many(entries: list[tuple[Context, str, str, Any, Any, int]]) -> None:
+    """`append` for each (ctx, kind, subject, before, after, at) in order: the head locked once, one INSERT
+    of all the records (ids rising in chain order) and one head update. Call inside a transaction."""
+    if not entries:
+        return
+    prev_hash = _lock_head()
+    params: list[Any] = []
+    for ctx, kind, subject, before, after, at in entries:
+        content = (at, kind, ctx.actor_id, ctx.session_id, ctx.address, ctx.user_agent, ctx.request_id, subject,
+                   canonical(before), canonical(after))
+        digest = record_hash(prev_hash, dict(zip(HASHED_FIELDS, content, strict=True)))
+        params.extend((*content, prev_hash, digest))
+        prev_hash = digest
+    columns = ", ".join(f'"{name}"' for name in (*HASHED_FIELDS, "prev_hash", "hash"))
+    AuditRecord._meta.database.execute_sql(
+        f"INSERT INTO audit_log ({columns}) VALUES {rows_sql(len(entries), len(HASHED_FIELDS) + 2)}", params)
+    _SET_HEAD.cursor(prev_hash, HEAD_KEY)
 
 
 def _lock_head() -> str:

@@ -46,7 +46,10 @@ async def _as_one_batch(store, jobs: list) -> list:
     async def open_gate() -> None:  # gather starts its tasks in order: every job is queued before this runs
         release.set()
 
-    results = await asyncio.gather(*(store.write(job) for job in jobs), open_gate(), return_exceptions=True)
+    def write(job):  # a job is a function, or (function, batch key, item)
+        return store.write(*job) if isinstance(job, tuple) else store.write(job)
+
+    results = await asyncio.gather(*(write(job) for job in jobs), open_gate(), return_exceptions=True)
     await held
     return results[:-1]
 
@@ -98,6 +101,52 @@ def test_a_batch_never_exceeds_group_commit_max(server_factory):
 
     assert store.stats.largest_batch == 16
     assert len(server.call(store.read(_keys_present, "capped-"))) == JOBS
+
+
+# ---- batch handlers -----------------------------------------------------------------------------
+
+
+def _keyed(key: str, value: str = "v"):
+    """A job writing Setting `key` by itself, or as the item of a "settings" batch."""
+    return _insert(key, value), "settings", (key, value)
+
+
+def test_consecutive_jobs_with_a_batch_key_go_to_its_handler_together_in_queue_order(server):
+    store, calls = server.app.store, []
+
+    def handler(items: list) -> list:
+        calls.append([key for key, _ in items])
+        Setting.insert_many([{"key": key, "value": value} for key, value in items]).execute()
+        return [(True, f"together:{key}") for key, _ in items]
+
+    store.register_batch("settings", handler)
+    jobs = [_keyed("bk-1"), _keyed("bk-2"), _insert("bk-alone"), _keyed("bk-3"), (_insert("bk-4"), "other", None)]
+
+    results = server.call(_as_one_batch(store, jobs))
+
+    assert calls == [["bk-1", "bk-2"], ["bk-3"]]
+    assert results == ["together:bk-1", "together:bk-2", "bk-alone", "together:bk-3", "bk-4"]
+    assert server.call(store.read(_keys_present, "bk-")) == {"bk-1", "bk-2", "bk-alone", "bk-3", "bk-4"}
+
+
+def test_a_handler_that_raises_is_rolled_back_and_its_jobs_run_one_by_one(server):
+    store = server.app.store
+
+    def handler(items: list) -> list:
+        Setting.create(key="fb-handler", value="v")
+        raise RuntimeError("the set-wise path failed")
+
+    def refuse():
+        Setting.create(key="fb-refused", value="v")
+        raise InvalidRequest("refused after writing")
+
+    store.register_batch("settings", handler)
+    results = server.call(_as_one_batch(store, [_keyed("fb-1"), (refuse, "settings", None), _keyed("fb-2")]))
+
+    assert results[0] == "fb-1" and results[2] == "fb-2"
+    assert isinstance(results[1], InvalidRequest)
+    assert server.call(store.read(_keys_present, "fb-")) == {"fb-1", "fb-2"}
+    assert store.stats.fallbacks == 1
 
 
 def test_a_failing_job_rolls_back_only_itself(server):

@@ -100,7 +100,7 @@ def test_fifty_parallel_clients_lose_no_update_count_nothing_twice_and_share_com
     plans = [[rng.randint(0, 1000) for _ in range(SUBMISSIONS)] for _ in players]
     expected = {p.user_id: sum(plan) for p, plan in zip(players, plans, strict=True)}
     stats = server.app.store.stats
-    transactions_before, jobs_before = stats.transactions, stats.jobs
+    transactions_before, jobs_before, together_before = stats.transactions, stats.jobs, stats.handled_together
 
     responses = play_in_parallel(players, plans)
 
@@ -115,6 +115,10 @@ def test_fifty_parallel_clients_lose_no_update_count_nothing_twice_and_share_com
     # Group commit: concurrent writes shared transactions (each submission is at least one write).
     assert writes >= CLIENTS * SUBMISSIONS
     assert transactions < writes
+    # ... and every submission was committed set-wise with its neighbours (Scores._commit_many), none
+    # by the one-by-one fallback.
+    assert stats.handled_together - together_before == CLIENTS * SUBMISSIONS
+    assert stats.fallbacks == 0
 
 
 def test_one_user_submitting_from_many_sessions_at_once_gets_every_action_counted(server_factory):

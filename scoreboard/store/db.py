@@ -2,8 +2,10 @@
 
 Reads run on a small thread pool. Writes go to one writer thread that drains its queue into a single
 transaction (group commit): each job runs in its own savepoint, so one job's failure rolls back only that
-job, and every job's future resolves only after the shared COMMIT returned. Driver errors are wrapped
-once here: connection trouble becomes errors.Unavailable and nothing of that batch is applied.
+job, and every job's future resolves only after the shared COMMIT returned. Consecutive jobs written with
+the same batch key go together to the handler registered for that key, which does their work set-wise in
+one savepoint; if it raises, that savepoint is rolled back and the jobs run one by one as usual. Driver
+errors are wrapped once here: connection trouble becomes errors.Unavailable and nothing of that batch is applied.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from . import models
 log = logging.getLogger("scoreboard.store")
 T = TypeVar("T")
 _STOP = object()
+RUN_MAX = 256  # jobs per batch-handler call: keeps set-wise statements within SQLite's 32,766 parameters
 
 
 def open_database(url: str, timeout_s: float = 5.0) -> pw.Database:
@@ -48,6 +51,8 @@ class _Job:
     fn: Callable[[], Any]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    batch_key: str | None = None
+    item: Any = None
 
 
 @dataclass
@@ -55,6 +60,8 @@ class WriterStats:
     transactions: int = 0
     jobs: int = 0
     largest_batch: int = 0
+    handled_together: int = 0  # jobs done by a batch handler (register_batch)
+    fallbacks: int = 0  # batch handler runs that raised, so their jobs ran one by one
     commit_log: list[int] = field(default_factory=list)  # batch sizes of the last 1000 commits
 
 
@@ -66,6 +73,8 @@ class Store:
         self.readers = ThreadPoolExecutor(max(1, read_threads), thread_name_prefix="db-read")
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.stats = WriterStats()
+        # batch key -> handler(items) returning one (ok, value) per item, in order (see _run_together)
+        self.batch_handlers: dict[str, Callable[[list[Any]], list[tuple[bool, Any]]]] = {}
         self.generation = 0  # bumped on every connection failure: other threads then reconnect too
         self.local = threading.local()
         self.writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
@@ -76,12 +85,21 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.readers, self._guarded, fn, args)
 
-    async def write(self, fn: Callable[[], T]) -> T:
-        """Run `fn()` in the writer's next group transaction; returns once that transaction committed."""
+    async def write(self, fn: Callable[[], T], batch_key: str | None = None, item: Any = None) -> T:
+        """Run `fn()` in the writer's next group transaction; returns once that transaction committed.
+
+        With a `batch_key` that has a registered handler, the job's `item` may instead be handed to that
+        handler together with its neighbours in the queue (same key); `fn` must do the same as the handler
+        does for that one item, as it runs whenever the handler cannot."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.queue.put(_Job(fn, future, loop))
+        self.queue.put(_Job(fn, future, loop, batch_key, item))
         return await future
+
+    def register_batch(self, key: str, handler: Callable[[list[Any]], list[tuple[bool, Any]]]) -> None:
+        """`handler(items)` runs on the writer thread inside a savepoint and returns, for each item in order,
+        (True, result) or (False, exception) as the item's job would have; raising means "run them one by one"."""
+        self.batch_handlers[key] = handler
 
     def close(self) -> None:
         self.queue.put(_STOP)
@@ -164,9 +182,40 @@ class Store:
 
     def _run_batch(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
         with self.db.atomic():
-            outcomes = [self._run_in_savepoint(job) for job in batch]
+            outcomes = []
+            for handler, run in self._runs(batch):
+                if handler is None:
+                    outcomes.extend(self._run_in_savepoint(job) for job in run)
+                else:
+                    outcomes.extend(self._run_together(handler, run))
         self._count(len(batch))
         return outcomes
+
+    def _runs(self, batch: list[_Job]) -> list[tuple[Callable | None, list[_Job]]]:
+        """The batch cut into runs of consecutive jobs with the same registered batch key (or none)."""
+        runs: list[tuple[Callable | None, list[_Job]]] = []
+        for job in batch:
+            handler = self.batch_handlers.get(job.batch_key) if job.batch_key is not None else None
+            if runs and handler is not None and runs[-1][0] is handler and len(runs[-1][1]) < RUN_MAX:
+                runs[-1][1].append(job)
+            else:
+                runs.append((handler, [job]))
+        return runs
+
+    def _run_together(self, handler: Callable, run: list[_Job]) -> list[tuple[bool, Any]]:
+        try:
+            with self.db.atomic():
+                outcomes = handler([job.item for job in run])
+                if len(outcomes) != len(run):
+                    raise RuntimeError(f"batch handler answered {len(outcomes)} of {len(run)} jobs")
+            self.stats.handled_together += len(run)
+            return outcomes
+        except (pw.OperationalError, pw.InterfaceError):
+            raise  # the connection is gone: the whole batch fails as unavailable
+        except Exception:  # rolled back: the same jobs one by one, each in its own savepoint
+            log.warning("batch of %d jobs failed; running them one by one", len(run), exc_info=True)
+            self.stats.fallbacks += 1
+            return [self._run_in_savepoint(job) for job in run]
 
     def _run_in_savepoint(self, job: _Job) -> tuple[bool, Any]:
         try:
@@ -234,6 +283,13 @@ class Statement:
                 return None
             order.append(matches[0])
         return sql, tuple(order)
+
+
+def rows_sql(rows: int, width: int) -> str:
+    """`(?, ?), (?, ?)`: the placeholders of `rows` rows of `width` values for the current database."""
+    param = models.database.obj.param
+    one = "(" + ", ".join([param] * width) + ")"
+    return ", ".join([one] * rows)
 
 
 def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
