@@ -21,7 +21,7 @@ from . import audit, rules, signing, wire
 from .clock import Clock
 from .config import Config
 from .errors import ActionConflict, OutOfSequence, Replay, ScoreboardError, ScoreRejected, StaleTimestamp, Unavailable
-from .kv import KV, NotGreater
+from .kv import KV, NonceUsed, NotGreater, SeqUnknown
 from .leaderboard import Entry, Index
 from .periods import period_of
 from .ratelimit import Limit, check
@@ -103,13 +103,20 @@ class Scores:
     async def _reserve(self, principal: Principal, sub: rules.Submission, now: int) -> int | None:
         if abs(sub.ts - now) > self.window_ms:
             raise StaleTimestamp(f"ts is more than {self.config.signing.window_s} s from server time")
-        ttl = 2 * self.window_ms + 1000
-        if not await self.kv.set_nx(f"nonce:{principal.user_id}:{sub.nonce}", b"1", now, ttl):
-            raise Replay("this nonce was already used")
+        nonce_key = f"nonce:{principal.user_id}:{sub.nonce}"
+        try:  # the nonce and the seq in one step while the cache knows the session's seq
+            return await self.kv.reserve(nonce_key, 2 * self.window_ms + 1000, f"seq:{principal.session_id}",
+                                         sub.seq, now, self.config.auth.refresh_ttl_s * 1000)
+        except NonceUsed:
+            raise Replay("this nonce was already used") from None
+        except NotGreater as exc:
+            raise OutOfSequence(f"seq must be greater than {exc.current}") from None
+        except SeqUnknown:
+            pass  # the nonce is now stored; the seq mark is rebuilt below
         try:
             return await self._advance_seq(principal.session_id, sub.seq, now)
         except OutOfSequence:
-            await self.kv.delete(f"nonce:{principal.user_id}:{sub.nonce}")
+            await self.kv.delete(nonce_key)
             raise
 
     async def _advance_seq(self, session_id: str, seq: int, now: int) -> int | None:

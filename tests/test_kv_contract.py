@@ -11,7 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from scoreboard import errors
-from scoreboard.kv import NotGreater, RateDecision
+from scoreboard.kv import NonceUsed, NotGreater, RateDecision, SeqUnknown
 from scoreboard.kv.memory import MemoryKV
 from scoreboard.kv.redis import RedisKV
 
@@ -231,6 +231,58 @@ def test_retreat_leaves_a_newer_value_alone(kv, run):
     run(kv.advance("seq", 9, NOW, 1000))
     run(kv.retreat("seq", 5, None, NOW, 1000))
     assert run(kv.get("seq", NOW)) == b"9"
+
+
+# reserve: set_nx of a nonce and advance of a known sequence mark, as one step
+
+
+def _reserve(kv, seq: int, nonce: str = "n1", now: int = NOW):
+    return kv.reserve(f"nonce:{nonce}", 2000, "seq", seq, now, 1000)
+
+
+def test_reserve_stores_the_nonce_and_advances_the_mark(kv, run):
+    run(kv.set("seq", b"4", NOW, ttl_ms=1000))
+    assert run(_reserve(kv, 5)) == 4
+    assert (run(kv.get("nonce:n1", NOW)), run(kv.get("seq", NOW))) == (b"1", b"5")
+    assert run(kv.get("nonce:n1", NOW + 1999)) == b"1" and run(kv.get("nonce:n1", NOW + 2000)) is None
+    assert run(kv.get("seq", NOW + 999)) == b"5" and run(kv.get("seq", NOW + 1000)) is None
+
+
+def test_reserve_of_a_live_nonce_changes_nothing(kv, run):
+    run(kv.set("seq", b"4", NOW, ttl_ms=1000))
+    run(kv.set_nx("nonce:n1", b"1", NOW, 2000))
+    with pytest.raises(NonceUsed):
+        run(_reserve(kv, 5))
+    assert run(kv.get("seq", NOW)) == b"4"
+
+
+def test_reserve_of_an_expired_nonce_succeeds(kv, run):
+    run(kv.set("seq", b"4", NOW, ttl_ms=5000))
+    run(kv.set_nx("nonce:n1", b"1", NOW, 10))
+    assert run(_reserve(kv, 5, now=NOW + 10)) == 4
+
+
+def test_reserve_not_greater_gives_the_nonce_back(kv, run):
+    run(kv.set("seq", b"7", NOW, ttl_ms=1000))
+    with pytest.raises(NotGreater) as raised:
+        run(_reserve(kv, 7))
+    assert raised.value.current == 7
+    assert (run(kv.get("nonce:n1", NOW)), run(kv.get("seq", NOW))) == (None, b"7")
+
+
+def test_reserve_with_no_mark_keeps_the_nonce_and_leaves_the_mark_absent(kv, run):
+    with pytest.raises(SeqUnknown):
+        run(_reserve(kv, 5))
+    assert (run(kv.get("nonce:n1", NOW)), run(kv.get("seq", NOW))) == (b"1", None)
+    run(kv.set("seq", b"1", NOW - 1000, ttl_ms=1000))  # expired by NOW: absent again
+    with pytest.raises(SeqUnknown):
+        run(_reserve(kv, 5, nonce="n2"))
+
+
+def test_reserve_concurrent_same_nonce_exactly_one_wins(kv, run):
+    run(kv.set("seq", b"0", NOW, ttl_ms=1000))
+    results = run(_gather(*(_reserve(kv, seq) for seq in range(1, 11)), return_exceptions=True))
+    assert sum(not isinstance(r, NonceUsed) for r in results) == 1
 
 
 # backend specifics

@@ -43,7 +43,22 @@ class KV(Protocol):
     async def retreat(self, key: str, value: int, previous: int | None, now_ms: int, ttl_ms: int) -> None:
         """Undo an `advance`: put back `previous` only if the stored value is still `value`."""
 
+    async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
+                      seq_ttl_ms: int) -> int | None:
+        """`set_nx(nonce_key, b"1")` then `advance(seq_key, seq)` as one atomic step, for a mark that is
+        present: returns the mark's previous value. Raises `NonceUsed` when the nonce is live (nothing
+        changes), `NotGreater` when the mark is not below `seq` (nothing changes), `SeqUnknown` when the mark
+        is absent (the nonce is stored; the mark stays absent for the caller to rebuild and advance)."""
+
     async def close(self) -> None: ...
+
+
+class NonceUsed(Exception):
+    """reserve: the nonce is already stored."""
+
+
+class SeqUnknown(Exception):
+    """reserve: there is no sequence mark to advance."""
 
 
 class NotGreater(Exception):

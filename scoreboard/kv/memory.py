@@ -6,7 +6,7 @@ interleave between a read and its write: that is what makes set_nx, rate_limit a
 
 from __future__ import annotations
 
-from scoreboard.kv import NotGreater, RateDecision
+from scoreboard.kv import NonceUsed, NotGreater, RateDecision, SeqUnknown
 
 # Expired entries are dropped lazily when read; a full sweep runs once the writes since the last sweep
 # reach the size that sweep left (at least this many), so sweeping costs O(1) per write amortised and
@@ -63,6 +63,19 @@ class MemoryKV:
             self._data.pop(key, None)
         else:
             self._put(key, str(previous).encode(), now_ms, ttl_ms)
+
+    async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
+                      seq_ttl_ms: int) -> int | None:
+        if self._live(nonce_key, now_ms) is not None:
+            raise NonceUsed(nonce_key)
+        stored = self._live(seq_key, now_ms)
+        if stored is not None and int(stored) >= seq:
+            raise NotGreater(int(stored))
+        self._put(nonce_key, b"1", now_ms, nonce_ttl_ms)
+        if stored is None:
+            raise SeqUnknown(seq_key)
+        self._put(seq_key, str(seq).encode(), now_ms, seq_ttl_ms)
+        return int(stored)
 
     async def close(self) -> None:
         self._data.clear()

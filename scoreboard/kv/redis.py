@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scoreboard.errors import Unavailable
-from scoreboard.kv import NotGreater, RateDecision
+from scoreboard.kv import NonceUsed, NotGreater, RateDecision, SeqUnknown
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,6 +75,19 @@ if cur then return {1, cur} end
 return {1}
 """
 
+# KEYS: nonce, seq mark; ARGV: now_ms, nonce_ttl_ms, seq, seq_ttl_ms
+# -> {0} nonce used, {2, current} not greater, {3} no mark (nonce stored), {1, previous} reserved
+_RESERVE = _LUA_HELPERS + """
+local now = tonumber(ARGV[1])
+if live(KEYS[1], now) then return {0} end
+local cur = live(KEYS[2], now)
+if cur and tonumber(cur) >= tonumber(ARGV[3]) then return {2, cur} end
+put(KEYS[1], '1', now, tonumber(ARGV[2]))
+if not cur then return {3} end
+put(KEYS[2], ARGV[3], now, tonumber(ARGV[4]))
+return {1, cur}
+"""
+
 # ARGV: value, previous ('' for none), now_ms, ttl_ms
 _RETREAT = _LUA_HELPERS + """
 local now = tonumber(ARGV[3])
@@ -108,6 +121,7 @@ class RedisKV:
         self._rate_limit = client.register_script(_RATE_LIMIT)
         self._advance = client.register_script(_ADVANCE)
         self._retreat = client.register_script(_RETREAT)
+        self._reserve = client.register_script(_RESERVE)
 
     @_unavailable_when_down
     async def get(self, key: str, now_ms: int) -> bytes | None:
@@ -158,6 +172,19 @@ class RedisKV:
         _check_ttl(ttl_ms)
         args = [value, "" if previous is None else previous, now_ms, ttl_ms]
         await self._retreat(keys=[self._prefix + key], args=args)
+
+    @_unavailable_when_down
+    async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
+                      seq_ttl_ms: int) -> int | None:
+        _check_ttl(nonce_ttl_ms)
+        _check_ttl(seq_ttl_ms)
+        keys = [self._prefix + nonce_key, self._prefix + seq_key]
+        reply = await self._reserve(keys=keys, args=[now_ms, nonce_ttl_ms, seq, seq_ttl_ms])
+        if reply[0] == 1:
+            return int(reply[1])
+        if reply[0] == 2:
+            raise NotGreater(int(reply[1]))
+        raise NonceUsed(nonce_key) if reply[0] == 0 else SeqUnknown(seq_key)
 
     async def close(self) -> None:
         await self._client.aclose()
