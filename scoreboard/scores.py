@@ -21,7 +21,7 @@ from . import audit, rules, signing, wire
 from .clock import Clock
 from .config import Config
 from .errors import ActionConflict, OutOfSequence, Replay, ScoreboardError, ScoreRejected, StaleTimestamp, Unavailable
-from .kv import KV, NonceUsed, NotGreater, SeqUnknown
+from .kv import KV, LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
 from .leaderboard import Entry, Index
 from .periods import period_of
 from .ratelimit import Limit, check
@@ -72,16 +72,21 @@ class Scores:
         await check(self.kv, f"rl:u:{principal.user_id}", self.per_user, now)
         signing.verify(principal.session_key, raw_body, signature)
         sub = rules.parse(wire.loads_object(raw_body), self.config)
+        try:  # checked now, raised in its turn below: it decides whether reserve counts the rule's limit
+            rule, refusal = rules.check_action(sub, self.config), None
+        except ScoreRejected as exc:
+            rule, refusal = None, exc
         try:
-            reserved = await self._reserve(principal, sub, now)
+            reserved = await self._reserve(principal, sub, now, rule)
         except (StaleTimestamp, Replay, OutOfSequence):
             stored = await self._stored_result(principal.user_id, sub)
             if stored is None:
                 raise
             return await self._with_rank(stored, principal.user_id, sub)
-        rule = rules.check_action(sub, self.config)
+        if refusal is not None:
+            raise refusal
         try:
-            await self._per_minute(principal.user_id, rule, now)
+            await self._per_minute(principal.user_id, rule, now, reserved.decision)
         except ScoreRejected:
             # A retry (fresh nonce and seq) of a committed action is a duplicate, not one action too many.
             stored = await self._stored_result(principal.user_id, sub)
@@ -92,7 +97,7 @@ class Scores:
             committed = await self.store.write(lambda: self._commit(principal, sub, client, now), SCORE_BATCH,
                                                (principal, sub, client, now))
         except Unavailable:
-            await self._release(principal, sub, reserved, now)
+            await self._release(principal, sub, reserved.previous, now)
             raise
         if committed.duplicate_result is not None:
             return await self._with_rank(committed.duplicate_result, principal.user_id, sub)
@@ -100,13 +105,15 @@ class Scores:
 
     # ---- freshness ------------------------------------------------------------------------------
 
-    async def _reserve(self, principal: Principal, sub: rules.Submission, now: int) -> int | None:
+    async def _reserve(self, principal: Principal, sub: rules.Submission, now: int, rule) -> Reserved:
+        """Nonce and seq; with a rule, its per-minute limit is counted in the same step (decided later)."""
         if abs(sub.ts - now) > self.window_ms:
             raise StaleTimestamp(f"ts is more than {self.config.signing.window_s} s from server time")
         nonce_key = f"nonce:{principal.user_id}:{sub.nonce}"
         try:  # the nonce and the seq in one step while the cache knows the session's seq
             return await self.kv.reserve(nonce_key, 2 * self.window_ms + 1000, f"seq:{principal.session_id}",
-                                         sub.seq, now, self.config.auth.refresh_ttl_s * 1000)
+                                         sub.seq, now, self.config.auth.refresh_ttl_s * 1000,
+                                         None if rule is None else self._rule_limit(principal.user_id, rule))
         except NonceUsed:
             raise Replay("this nonce was already used") from None
         except NotGreater as exc:
@@ -114,7 +121,7 @@ class Scores:
         except SeqUnknown:
             pass  # the nonce is now stored; the seq mark is rebuilt below
         try:
-            return await self._advance_seq(principal.session_id, sub.seq, now)
+            return Reserved(await self._advance_seq(principal.session_id, sub.seq, now))
         except OutOfSequence:
             await self.kv.delete(nonce_key)
             raise
@@ -160,9 +167,15 @@ class Scores:
         rank = standing[0] if standing else None
         return {**result, "rank": rank, "previous_rank": rank, "total": await self.index.total(key)}
 
-    async def _per_minute(self, user_id: int, rule, now: int) -> None:
-        decision = await self.kv.rate_limit(f"rule:{user_id}:{rule.name}", rule.max_per_minute, 60_000,
-                                            rule.max_per_minute, now)
+    @staticmethod
+    def _rule_limit(user_id: int, rule) -> LimitSpec:
+        return LimitSpec(f"rule:{user_id}:{rule.name}", rule.max_per_minute, 60_000, rule.max_per_minute)
+
+    async def _per_minute(self, user_id: int, rule, now: int, decision: RateDecision | None) -> None:
+        """The rule's limit, unless reserve already counted it (`decision`)."""
+        if decision is None:
+            limit = self._rule_limit(user_id, rule)
+            decision = await self.kv.rate_limit(limit.key, limit.rate, limit.period_ms, limit.burst, now)
         if not decision.allowed:
             raise ScoreRejected("rate_exceeded", f"at most {rule.max_per_minute} {rule.name} per minute")
 

@@ -11,7 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from scoreboard import errors
-from scoreboard.kv import NonceUsed, NotGreater, RateDecision, SeqUnknown
+from scoreboard.kv import LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
 from scoreboard.kv.memory import MemoryKV
 from scoreboard.kv.redis import RedisKV
 
@@ -236,13 +236,13 @@ def test_retreat_leaves_a_newer_value_alone(kv, run):
 # reserve: set_nx of a nonce and advance of a known sequence mark, as one step
 
 
-def _reserve(kv, seq: int, nonce: str = "n1", now: int = NOW):
-    return kv.reserve(f"nonce:{nonce}", 2000, "seq", seq, now, 1000)
+def _reserve(kv, seq: int, nonce: str = "n1", now: int = NOW, limit: LimitSpec | None = None):
+    return kv.reserve(f"nonce:{nonce}", 2000, "seq", seq, now, 1000, limit)
 
 
 def test_reserve_stores_the_nonce_and_advances_the_mark(kv, run):
     run(kv.set("seq", b"4", NOW, ttl_ms=1000))
-    assert run(_reserve(kv, 5)) == 4
+    assert run(_reserve(kv, 5)) == Reserved(4, None)
     assert (run(kv.get("nonce:n1", NOW)), run(kv.get("seq", NOW))) == (b"1", b"5")
     assert run(kv.get("nonce:n1", NOW + 1999)) == b"1" and run(kv.get("nonce:n1", NOW + 2000)) is None
     assert run(kv.get("seq", NOW + 999)) == b"5" and run(kv.get("seq", NOW + 1000)) is None
@@ -259,7 +259,7 @@ def test_reserve_of_a_live_nonce_changes_nothing(kv, run):
 def test_reserve_of_an_expired_nonce_succeeds(kv, run):
     run(kv.set("seq", b"4", NOW, ttl_ms=5000))
     run(kv.set_nx("nonce:n1", b"1", NOW, 10))
-    assert run(_reserve(kv, 5, now=NOW + 10)) == 4
+    assert run(_reserve(kv, 5, now=NOW + 10)).previous == 4
 
 
 def test_reserve_not_greater_gives_the_nonce_back(kv, run):
@@ -277,6 +277,27 @@ def test_reserve_with_no_mark_keeps_the_nonce_and_leaves_the_mark_absent(kv, run
     run(kv.set("seq", b"1", NOW - 1000, ttl_ms=1000))  # expired by NOW: absent again
     with pytest.raises(SeqUnknown):
         run(_reserve(kv, 5, nonce="n2"))
+
+
+def test_reserve_counts_the_limit_once_reserved_exactly_as_rate_limit_does(kv, run):
+    run(kv.set("seq", b"0", NOW, ttl_ms=60_000))
+    limit = LimitSpec("rule", 2, 60_000, 2)
+    decisions = [run(_reserve(kv, seq, nonce=f"n{seq}", limit=limit)).decision for seq in (1, 2, 3)]
+    expected = [run(kv.rate_limit("twin", 2, 60_000, 2, NOW)) for _ in range(3)]
+    assert decisions == expected
+    assert [d.allowed for d in decisions] == [True, True, False]
+
+
+def test_reserve_does_not_count_the_limit_when_it_reserves_nothing(kv, run):
+    limit = LimitSpec("rule", 1, 60_000, 1)
+    with pytest.raises(SeqUnknown):  # nonce stored, no mark: not counted
+        run(_reserve(kv, 5, limit=limit))
+    with pytest.raises(NonceUsed):
+        run(_reserve(kv, 6, limit=limit))
+    run(kv.set("seq", b"9", NOW, ttl_ms=1000))
+    with pytest.raises(NotGreater):
+        run(_reserve(kv, 9, nonce="n2", limit=limit))
+    assert run(kv.rate_limit("rule", 1, 60_000, 1, NOW)).allowed
 
 
 def test_reserve_concurrent_same_nonce_exactly_one_wins(kv, run):

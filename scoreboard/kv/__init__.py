@@ -44,13 +44,32 @@ class KV(Protocol):
         """Undo an `advance`: put back `previous` only if the stored value is still `value`."""
 
     async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
-                      seq_ttl_ms: int) -> int | None:
+                      seq_ttl_ms: int, limit: LimitSpec | None = None) -> Reserved:
         """`set_nx(nonce_key, b"1")` then `advance(seq_key, seq)` as one atomic step, for a mark that is
-        present: returns the mark's previous value. Raises `NonceUsed` when the nonce is live (nothing
-        changes), `NotGreater` when the mark is not below `seq` (nothing changes), `SeqUnknown` when the mark
-        is absent (the nonce is stored; the mark stays absent for the caller to rebuild and advance)."""
+        present, then (with `limit`) `rate_limit` of one request: returns the mark's previous value and
+        the limit's decision. Raises `NonceUsed` when the nonce is live (nothing changes), `NotGreater`
+        when the mark is not below `seq` (nothing changes), `SeqUnknown` when the mark is absent (the
+        nonce is stored; the mark stays absent for the caller to rebuild; the limit is not counted)."""
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """A `rate_limit` call's key and limit: `rate` per `period_ms`, `burst` at once."""
+
+    key: str
+    rate: int
+    period_ms: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """What `reserve` did: the seq mark's previous value, and the limit's decision when one was given."""
+
+    previous: int | None
+    decision: RateDecision | None = None
 
 
 class NonceUsed(Exception):

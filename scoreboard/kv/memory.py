@@ -6,7 +6,7 @@ interleave between a read and its write: that is what makes set_nx, rate_limit a
 
 from __future__ import annotations
 
-from scoreboard.kv import NonceUsed, NotGreater, RateDecision, SeqUnknown
+from scoreboard.kv import LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
 
 # Expired entries are dropped lazily when read; a full sweep runs once the writes since the last sweep
 # reach the size that sweep left (at least this many), so sweeping costs O(1) per write amortised and
@@ -40,6 +40,9 @@ class MemoryKV:
 
     async def rate_limit(self, key: str, rate: int, period_ms: int, burst: int, now_ms: int,
                          cost: int = 1) -> RateDecision:
+        return self._rate_limit(key, rate, period_ms, burst, now_ms, cost)
+
+    def _rate_limit(self, key: str, rate: int, period_ms: int, burst: int, now_ms: int, cost: int) -> RateDecision:
         stored = self._live(key, now_ms)
         tat_us = int(stored) if stored is not None else 0
         new_tat_us, decision = _gcra(tat_us, rate, period_ms, burst, now_ms, cost)
@@ -65,7 +68,7 @@ class MemoryKV:
             self._put(key, str(previous).encode(), now_ms, ttl_ms)
 
     async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
-                      seq_ttl_ms: int) -> int | None:
+                      seq_ttl_ms: int, limit: LimitSpec | None = None) -> Reserved:
         if self._live(nonce_key, now_ms) is not None:
             raise NonceUsed(nonce_key)
         stored = self._live(seq_key, now_ms)
@@ -75,7 +78,9 @@ class MemoryKV:
         if stored is None:
             raise SeqUnknown(seq_key)
         self._put(seq_key, str(seq).encode(), now_ms, seq_ttl_ms)
-        return int(stored)
+        if limit is None:
+            return Reserved(int(stored))
+        return Reserved(int(stored), self._rate_limit(limit.key, limit.rate, limit.period_ms, limit.burst, now_ms, 1))
 
     async def close(self) -> None:
         self._data.clear()

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scoreboard.errors import Unavailable
-from scoreboard.kv import NonceUsed, NotGreater, RateDecision, SeqUnknown
+from scoreboard.kv import LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,23 +46,28 @@ put(KEYS[1], ARGV[1], now, tonumber(ARGV[3]))
 return 1
 """
 
-# ARGV: now_ms, interval_us, tolerance_us, cost. The twin of memory._gcra: keep the arithmetic identical
-# (integer microseconds, exact in Lua's doubles up to 2^53).
-_RATE_LIMIT = _LUA_HELPERS + """
-local now_ms = tonumber(ARGV[1])
-local interval, tolerance, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms * 1000
-local stored = live(KEYS[1], now_ms)
-local tat = math.max(stored and tonumber(stored) or 0, now)
-local new_tat = tat + cost * interval
-local allow_at = new_tat - tolerance
-if now < allow_at then
-  local remaining = math.max(0, math.floor((tolerance - (tat - now)) / interval))
-  return {0, remaining, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000)}
+# The twin of memory._gcra: keep the arithmetic identical (integer microseconds, exact in Lua's doubles
+# up to 2^53). Returns {allowed, remaining, retry_after_ms, reset_after_ms}.
+_GCRA = """
+local function gcra(key, now_ms, interval, tolerance, cost)
+  local now = now_ms * 1000
+  local stored = live(key, now_ms)
+  local tat = math.max(stored and tonumber(stored) or 0, now)
+  local new_tat = tat + cost * interval
+  local allow_at = new_tat - tolerance
+  if now < allow_at then
+    local remaining = math.max(0, math.floor((tolerance - (tat - now)) / interval))
+    return {0, remaining, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000)}
+  end
+  local reset = math.ceil((new_tat - now) / 1000)
+  put(key, string.format('%.0f', new_tat), now_ms, math.max(1, reset))
+  return {1, math.max(0, math.floor((tolerance - (new_tat - now)) / interval)), 0, reset}
 end
-local reset = math.ceil((new_tat - now) / 1000)
-put(KEYS[1], string.format('%.0f', new_tat), now_ms, math.max(1, reset))
-return {1, math.max(0, math.floor((tolerance - (new_tat - now)) / interval)), 0, reset}
+"""
+
+# ARGV: now_ms, interval_us, tolerance_us, cost
+_RATE_LIMIT = _LUA_HELPERS + _GCRA + """
+return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
 
 # ARGV: value, now_ms, ttl_ms -> {1, previous?} stored, {0, current} not greater
@@ -75,9 +80,9 @@ if cur then return {1, cur} end
 return {1}
 """
 
-# KEYS: nonce, seq mark; ARGV: now_ms, nonce_ttl_ms, seq, seq_ttl_ms
-# -> {0} nonce used, {2, current} not greater, {3} no mark (nonce stored), {1, previous} reserved
-_RESERVE = _LUA_HELPERS + """
+# KEYS: nonce, seq mark[, limit]; ARGV: now_ms, nonce_ttl_ms, seq, seq_ttl_ms[, interval_us, tolerance_us]
+# -> {0} nonce used, {2, current} not greater, {3} no mark (nonce stored), {1, previous[, gcra's 4]} reserved
+_RESERVE = _LUA_HELPERS + _GCRA + """
 local now = tonumber(ARGV[1])
 if live(KEYS[1], now) then return {0} end
 local cur = live(KEYS[2], now)
@@ -85,7 +90,9 @@ if cur and tonumber(cur) >= tonumber(ARGV[3]) then return {2, cur} end
 put(KEYS[1], '1', now, tonumber(ARGV[2]))
 if not cur then return {3} end
 put(KEYS[2], ARGV[3], now, tonumber(ARGV[4]))
-return {1, cur}
+if not KEYS[3] then return {1, cur} end
+local d = gcra(KEYS[3], now, tonumber(ARGV[5]), tonumber(ARGV[6]), 1)
+return {1, cur, d[1], d[2], d[3], d[4]}
 """
 
 # ARGV: value, previous ('' for none), now_ms, ttl_ms
@@ -153,8 +160,7 @@ class RedisKV:
     @_unavailable_when_down
     async def rate_limit(self, key: str, rate: int, period_ms: int, burst: int, now_ms: int,
                          cost: int = 1) -> RateDecision:
-        interval_us = max(1, period_ms * 1000 // rate)
-        args = [now_ms, interval_us, interval_us * burst, cost]
+        args = [now_ms, *_gcra_args(rate, period_ms, burst), cost]
         allowed, remaining, retry_after, reset_after = await self._rate_limit(
             keys=[self._prefix + key], args=args)
         return RateDecision(bool(allowed), burst, remaining, retry_after, reset_after)
@@ -175,19 +181,33 @@ class RedisKV:
 
     @_unavailable_when_down
     async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
-                      seq_ttl_ms: int) -> int | None:
+                      seq_ttl_ms: int, limit: LimitSpec | None = None) -> Reserved:
         _check_ttl(nonce_ttl_ms)
         _check_ttl(seq_ttl_ms)
         keys = [self._prefix + nonce_key, self._prefix + seq_key]
-        reply = await self._reserve(keys=keys, args=[now_ms, nonce_ttl_ms, seq, seq_ttl_ms])
+        args = [now_ms, nonce_ttl_ms, seq, seq_ttl_ms]
+        if limit is not None:
+            keys.append(self._prefix + limit.key)
+            args.extend(_gcra_args(limit.rate, limit.period_ms, limit.burst))
+        reply = await self._reserve(keys=keys, args=args)
         if reply[0] == 1:
-            return int(reply[1])
+            if limit is None:
+                return Reserved(int(reply[1]))
+            allowed, remaining, retry_after, reset_after = reply[2:]
+            decision = RateDecision(bool(allowed), limit.burst, remaining, retry_after, reset_after)
+            return Reserved(int(reply[1]), decision)
         if reply[0] == 2:
             raise NotGreater(int(reply[1]))
         raise NonceUsed(nonce_key) if reply[0] == 0 else SeqUnknown(seq_key)
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _gcra_args(rate: int, period_ms: int, burst: int) -> tuple[int, int]:
+    """The GCRA script's interval and tolerance, in integer microseconds."""
+    interval_us = max(1, period_ms * 1000 // rate)
+    return interval_us, interval_us * burst
 
 
 def _check_ttl(ttl_ms: int) -> None:
