@@ -453,3 +453,20 @@ def test_a_rate_limited_user_may_submit_again_after_retry_after(server_factory, 
     clock.advance(int(limited.headers["retry-after"]) * 1000)
 
     assert player.submit(1).status == 200
+
+
+def test_the_per_address_limit_comes_before_authentication_and_counts_refused_tokens(server_factory, clock):
+    server = server_factory({"ratelimit": {"per_address": "3/m"}}, clock=clock)
+    player = Player(Http(server.url), "alice", clock_ms=clock.now_ms)
+    bad = {"Authorization": "Bearer not-a-token"}
+
+    assert player.send(encode(player.body(1)), headers=bad).status == 401  # counted: 1 of 3
+    assert player.submit(1).status == 200
+    assert player.submit(1).status == 200
+    limited_bad = player.send(encode(player.body(1)), headers=bad)
+    limited = player.submit(1)
+
+    assert_error(limited_bad, 429, "rate_limited")  # 429, not 401: the address limit is checked first
+    assert_error(limited, 429, "rate_limited")
+    assert limited.headers["x-ratelimit-limit"] == "3"
+    assert limited.headers["x-ratelimit-remaining"] == "0"
