@@ -33,7 +33,17 @@ from urllib.parse import urlparse
 
 import orjson
 
-from tests.harness import Http, cleanup, free_port, merge, raw_config, register_and_login, to_toml, wait_healthy
+from tests.harness import (
+    Http,
+    cleanup,
+    free_port,
+    merge,
+    raw_config,
+    register_and_login,
+    stop_process,
+    to_toml,
+    wait_healthy,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("SCOREBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -82,14 +92,7 @@ class Child:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def start_scoreboard(raw: dict, workdir: Path, use_uvloop: bool) -> Child:
