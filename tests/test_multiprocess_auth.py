@@ -1,7 +1,7 @@
 """Two server processes sharing one PostgreSQL schema and one Redis prefix agree on sessions at once.
 
 PROTOCOL: "The session is revoked at once on every server process". Only the services backend shares
-state between processes (the embedded one is a single process by design), so the embedded run is skipped.
+state between processes (the embedded one is a single process by design), so these run on it alone.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import pytest
 
 from conftest import POSTGRES_URL, REDIS_URL
 from harness import Http, ServerProcess, cleanup, raw_config, register_and_login
+
+pytestmark = pytest.mark.parametrize("backend", ["services"], indirect=True)  # needs a store shared by processes
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,6 @@ def processes(tmp_path_factory):
 
 @pytest.fixture
 def pair(backend, request):
-    if backend != "services":
-        pytest.skip("sharing sessions between processes needs PostgreSQL + Redis; embedded is one process")
     return request.getfixturevalue("processes")
 
 

@@ -118,9 +118,8 @@ def test_a_fresh_start_without_config_answers_healthz_within_3_seconds(fresh, la
     assert server.seconds_to_healthy < 3
 
 
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)  # a database URL means no local file
 def test_a_fresh_start_without_config_creates_scoreboard_db_in_the_working_directory(backend, fresh, launch):
-    if backend != "embedded":
-        pytest.skip("with a database URL in the environment there is no local file to create")
     workdir, env, _ = fresh
 
     launch(workdir, env)

@@ -15,11 +15,11 @@ from conftest import POSTGRES_URL
 from harness import Http, Player, merge
 from netproxy import Proxy
 
+pytestmark = pytest.mark.parametrize("backend", ["services"], indirect=True)  # stores reached over a network
+
 
 @pytest.fixture
 def proxied(backend, server_factory, tmp_path):
-    if backend != "services":
-        pytest.skip("embedded stores live inside the server process: there is no network to cut")
     from conftest import REDIS_URL
     from harness import cleanup, raw_config
 

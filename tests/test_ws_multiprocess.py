@@ -8,13 +8,13 @@ from wsclient import Ws, run, submit
 from conftest import POSTGRES_URL, REDIS_URL
 from harness import Http, Player, ServerProcess, cleanup, merge, raw_config
 
+pytestmark = pytest.mark.parametrize("backend", ["services"], indirect=True)  # needs a store shared by processes
+
 INTERVAL_MS = 600
 
 
 @pytest.fixture
 def two_processes(backend, tmp_path):
-    if backend == "embedded":
-        pytest.skip("embedded processes share no bus: each has its own memory; multi-process needs Redis")
     raw = merge(raw_config("services", tmp_path, REDIS_URL, POSTGRES_URL), {"broadcast": {"interval_ms": INTERVAL_MS}})
     started = []
     try:
