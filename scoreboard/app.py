@@ -100,7 +100,7 @@ class App:
                 retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
             prefix = self.config.redis.prefix
             self.kv, self.index = RedisKV(self.redis, prefix), RedisIndex(self.redis, prefix)
-            self.bus = RedisBus(self.redis, prefix, history)
+            self.bus = RedisBus(self.redis, prefix, history, self.config.broadcast.history_ttl_s * 1000)
         else:
             from .bus.local import LocalBus
             from .kv.memory import MemoryKV

@@ -89,6 +89,7 @@ class BroadcastConfig:
     interval_ms: int = 100
     rank_notify_depth: int = 100
     history_size: int = 1000
+    history_ttl_s: int = 86_400
 
 
 @dataclass(frozen=True)

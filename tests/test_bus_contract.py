@@ -388,3 +388,30 @@ def test_redis_bus_needs_binary_replies(redis_buses, event_loop_runner):
         await client.aclose()
 
     event_loop_runner(scenario())
+
+
+def test_a_redis_channels_keys_expire_after_its_history_ttl(redis_buses, event_loop_runner):
+    async def scenario():
+        client = aioredis.from_url(REDIS_URL)
+        redis_buses.clients.append(client)
+        bus = RedisBus(client, redis_buses.prefix, history_size=10, history_ttl_ms=60_000)
+        redis_buses.buses.append(bus)
+        await bus.publish("quiet", b"1")
+        await bus.position("never-published")
+        for channel in ("quiet", "never-published"):
+            for key in bus._keys(channel):
+                if await client.exists(key):
+                    assert 0 < await client.pttl(key) <= 60_000, key
+        assert 0 < await client.pttl(bus._keys("quiet")[1]) <= 60_000  # the stream itself
+
+    event_loop_runner(scenario())
+
+
+def test_a_redis_channel_without_ttl_keeps_its_keys(redis_buses, event_loop_runner):
+    async def scenario():
+        bus = await redis_buses.make()
+        await bus.publish("kept", b"1")
+        for key in bus._keys("kept"):
+            assert await redis_buses.clients[0].pttl(key) == -1, key
+
+    event_loop_runner(scenario())

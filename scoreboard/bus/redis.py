@@ -37,14 +37,24 @@ log = logging.getLogger(__name__)
 SUBSCRIBE_TIMEOUT_S = 10.0
 BACKOFF_START_S, BACKOFF_CAP_S = 0.1, 5.0
 
-# Creates the epoch (and drops any orphaned stream) when the meta hash is missing.
+# Creates the epoch (and drops any orphaned stream) when the meta hash is missing. A channel silent for
+# its time-to-live (ms, 0 = never) loses both keys: a resubscribe then gets a new epoch and a snapshot.
 _ENSURE = """
 local function ensure(meta, stream, fresh)
   local epoch = redis.call('HGET', meta, 'epoch')
-  if epoch then return epoch end
-  redis.call('DEL', stream)
-  redis.call('HSET', meta, 'epoch', fresh, 'offset', 0)
-  return fresh
+  if not epoch then
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', fresh, 'offset', 0)
+    epoch = fresh
+  end
+  return epoch
+end
+
+local function keep_for(ttl, meta, stream)
+  if tonumber(ttl) > 0 then
+    redis.call('PEXPIRE', meta, ttl)
+    redis.call('PEXPIRE', stream, ttl)
+  end
 end
 """
 
@@ -52,11 +62,12 @@ _POSITION = (
     _ENSURE
     + """
 local epoch = ensure(KEYS[1], KEYS[2], ARGV[1])
+keep_for(ARGV[2], KEYS[1], KEYS[2])
 return {epoch, redis.call('HGET', KEYS[1], 'offset')}
 """
 )
 
-# ARGV: fresh epoch, payload, history size, pub/sub channel. Exact MAXLEN keeps history bounds exact.
+# ARGV: fresh epoch, payload, history size, pub/sub channel, ttl ms. Exact MAXLEN keeps history bounds exact.
 _PUBLISH = (
     _ENSURE
     + """
@@ -64,6 +75,7 @@ local epoch = ensure(KEYS[1], KEYS[2], ARGV[1])
 local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'offset', 1))
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'p', ARGV[2])
 redis.call('PUBLISH', ARGV[4], epoch .. '\\n' .. offset .. '\\n' .. ARGV[2])
+keep_for(ARGV[5], KEYS[1], KEYS[2])
 return {epoch, offset}
 """
 )
@@ -86,7 +98,8 @@ class _Subscription:
 
 
 class RedisBus:
-    def __init__(self, client: aioredis.Redis, prefix: str, history_size: int = 1000) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, history_size: int = 1000,
+                 history_ttl_ms: int = 0) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
         if client.connection_pool.connection_kwargs.get("decode_responses"):
@@ -94,6 +107,7 @@ class RedisBus:
         self._client = client
         self._prefix = prefix
         self._history_size = history_size
+        self._history_ttl_ms = history_ttl_ms  # 0: a channel's keys never expire
         self._publish = client.register_script(_PUBLISH)
         self._position = client.register_script(_POSITION)
         self._pubsub = client.pubsub()
@@ -119,14 +133,14 @@ class RedisBus:
 
     async def publish(self, channel: str, payload: bytes) -> Event:
         data = bytes(payload)
-        args = [new_epoch(), data, self._history_size, self._pubsub_name(channel)]
+        args = [new_epoch(), data, self._history_size, self._pubsub_name(channel), self._history_ttl_ms]
         with _unavailable("publish"):
             epoch, offset = await self._publish(keys=self._keys(channel), args=args)
         return Event(channel, epoch.decode(), int(offset), data)
 
     async def position(self, channel: str) -> tuple[str, int]:
         with _unavailable("position"):
-            epoch, offset = await self._position(keys=self._keys(channel), args=[new_epoch()])
+            epoch, offset = await self._position(keys=self._keys(channel), args=[new_epoch(), self._history_ttl_ms])
         return epoch.decode(), int(offset)
 
     async def history(self, channel: str, epoch: str, after: int) -> list[Event] | None:
