@@ -20,7 +20,7 @@ ROWS = [
     {"errors", "config", "wire", "clock"},
     {"signing", "auth", "ratelimit", "rules", "anticheat"},
     {"leaderboard", "bus", "kv", "store"},
-    {"scores", "audit", "hub", "users"},
+    {"scores", "ledger", "audit", "hub", "users", "boards"},
     {"handlers", "app", "client"},
 ]
 BACKENDS = ROWS[2]

@@ -16,7 +16,7 @@ import uuid
 import orjson
 import pytest
 
-from scoreboard import audit, rules
+from scoreboard import audit, ledger, rules
 from scoreboard.errors import ScoreboardError
 from scoreboard.store.models import Action, AuditRecord, Score, Session
 from scoreboard.users import ClientInfo, Principal
@@ -101,13 +101,13 @@ def _normal(outcome: tuple, named) -> tuple:
         value.username, value.duplicate_result
 
 
-def _one_by_one(scores, items: list[tuple]) -> list[tuple]:
+def _one_by_one(items: list[tuple]) -> list[tuple]:
     db = Score._meta.database
     outcomes = []
     for item in items:
         try:
             with db.atomic():
-                outcomes.append((True, scores._commit(*item)))
+                outcomes.append((True, ledger.commit_one(*item)))
         except ScoreboardError as exc:
             outcomes.append((False, exc))
     return outcomes
@@ -125,12 +125,11 @@ def _run_and_undo(path, items: list[tuple]) -> tuple[list, dict]:
 
 
 def test_a_batch_committed_set_wise_matches_the_same_jobs_committed_one_by_one(srv, clock):
-    scores = srv.app.scores
     items, earlier = _scenario(srv, clock)
-    srv.call(srv.app.store.write(lambda: scores._commit(*earlier)))
+    srv.call(srv.app.store.write(lambda: ledger.commit_one(*earlier)))
 
     def both() -> tuple:
-        return _run_and_undo(scores._commit_many, items), _run_and_undo(lambda i: _one_by_one(scores, i), items)
+        return _run_and_undo(ledger.commit_many, items), _run_and_undo(_one_by_one, items)
 
     (together, rows_together), (one_by_one, rows_one_by_one) = srv.call(srv.app.store.write(both))
 

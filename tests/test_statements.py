@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from scoreboard import audit, scores
+from scoreboard import audit, ledger
 from scoreboard.store.db import Statement
 from scoreboard.store.models import Setting
 
@@ -24,7 +24,7 @@ def _on_db(server, fn):
 
 @pytest.mark.parametrize("name", HOT)
 def test_every_statement_of_the_submission_path_compiles_to_cached_sql(server, name):
-    statement: Statement = getattr(scores, name)
+    statement: Statement = getattr(ledger, name)
     compiled = _on_db(server, statement._compile)
     assert compiled is not None, f"{name} binds something that is not a probe value: it would never be cached"
     sql, order = compiled
@@ -50,7 +50,7 @@ def test_the_locked_chain_head_compiles_to_cached_sql_on_postgresql(server):
 
 @pytest.mark.parametrize("backend", ["services"], indirect=True)  # SQLite has one writer and no row locks
 def test_the_score_row_is_locked_on_postgresql(server):
-    sql, _ = _on_db(server, scores._SCORE_ROW_LOCKED._compile)
+    sql, _ = _on_db(server, ledger._SCORE_ROW_LOCKED._compile)
     assert sql.upper().endswith("FOR UPDATE")
 
 
