@@ -70,7 +70,7 @@ class App:
                            db_config.group_commit_max)
         self.closers.append(self.store.close)
         await self.store.read(self._check_schema)
-        self.metrics.commits.inc(0)
+        self.metrics.watch_writer(self.store.stats)
 
     def _check_schema(self) -> None:
         db, mode = self.store.db, self.config.database.migrate_on_start

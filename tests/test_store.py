@@ -255,3 +255,21 @@ def test_a_slow_query_does_not_delay_a_write(server, held_query):
     assert not slow.done()
     held_query.release()
     assert slow.result(10) == 1
+
+
+def test_metrics_export_the_writers_commit_counts(server):
+    from harness import Http, Player
+
+    http = Http(server.url)
+    Player(http, "counted").submit(5)
+    text = http.get("/metrics").raw.decode()
+    stats = server.app.store.stats
+    commits = _sample(text, "scoreboard_db_group_commits_total")
+    jobs = _sample(text, "scoreboard_db_committed_jobs_total")
+    assert commits >= 1 and jobs >= commits
+    assert commits <= stats.transactions and jobs <= stats.jobs  # read at scrape time; later writes only add
+
+
+def _sample(text: str, name: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
