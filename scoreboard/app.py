@@ -111,8 +111,8 @@ class App:
 
     async def _start_use_cases(self) -> None:
         self.boards = Boards(self.config, self.store, self.index, self.clock)
-        self.scores = Scores(self.config, self.store, self.kv, self.index, self.bus, self.users, self.clock)
-        self.scores.stale_boards = self.boards.stale
+        self.scores = Scores(self.config, self.store, self.kv, self.index, self.bus, self.users, self.clock,
+                             self.boards.stale)
         self.hub = Hub(self.config, self.bus, self.kv, self.index, self.boards, self.users, self.clock, self.metrics)
         self.scores.accepted_listeners += [self.boards.on_accepted, self.hub.on_accepted]
         self.users.revoked_listeners.append(self.hub.announce_revoked)

@@ -52,9 +52,6 @@ class Passwords:
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return False
 
-    def needs_rehash(self, stored_hash: str) -> bool:
-        return self.hasher.check_needs_rehash(stored_hash)
-
 
 def check_credentials_shape(body: dict) -> tuple[str, str]:
     username, password = body.get("username"), body.get("password")

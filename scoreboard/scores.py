@@ -24,12 +24,12 @@ from .store.db import Store
 from .users import ClientInfo, Principal, Users
 
 log = logging.getLogger("scoreboard.scores")
-SCORES_CHANNEL = "_scores"  # internal: the hub and other processes' caches listen here
+SCORES_CHANNEL = "_scores"  # internal: every process's page cache listens here
 
 
 class Scores:
     def __init__(self, config: Config, store: Store, kv: KV, index: Index, bus, users: Users,
-                 clock: Clock) -> None:
+                 clock: Clock, stale_boards: set[str]) -> None:
         self.config, self.store, self.kv, self.index, self.bus = config, store, kv, index, bus
         self.users, self.clock = users, clock
         self.per_user = Limit.parse(config.ratelimit.per_user)
@@ -37,8 +37,9 @@ class Scores:
         self.window_ms = config.signing.window_s * 1000
         # Called in this process with each accepted action's event (the hub's user and top-N triggers).
         self.accepted_listeners: list = []
-        # Board periods whose index missed a committed action (cache down): rebuilt before their next read.
-        self.stale_boards: set[str] = set()
+        # Board periods whose index missed a committed action (cache down): Boards rebuilds them before
+        # their next read.
+        self.stale_boards = stale_boards
         # Acknowledged results waiting to be recorded, and the write job recording the previous ones.
         self.unrecorded: list[tuple[str, int]] = []
         self.recording: asyncio.Future | None = None
@@ -180,10 +181,11 @@ class Scores:
                  "type": sub.type, "points": sub.points, "at": now}
         try:
             await self.bus.publish(SCORES_CHANNEL, wire.dumps(event))
-            for listener in self.accepted_listeners:
-                await listener(event)
         except Unavailable:
             log.warning("score event for action %s not published: bus unavailable", sub.action_id)
+        # This process's own listeners run even when the bus is down (its page cache must still drop).
+        for listener in self.accepted_listeners:
+            await listener(event)
         return result
 
     def _record(self, row_id: int, result: str) -> None:

@@ -124,5 +124,3 @@ class Flag(BaseModel):
     class Meta:
         table_name = "flags"
 
-
-ALL_MODELS = [User, Session, SpentRefreshToken, Setting, Action, Score, AuditRecord, Flag]
