@@ -159,6 +159,7 @@ def test_the_username_lock_does_not_touch_other_usernames(limited_client):
     for _ in range(4):
         login(limited_client, "alice", "wrong password!")
 
+    assert login(limited_client, "alice").status == 429
     assert login(limited_client, "bob").status == 200
 
 

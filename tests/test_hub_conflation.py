@@ -144,6 +144,11 @@ def test_two_hubs_sharing_the_kv_run_one_tick_per_board(server_factory):
         assert lease == app.hub._token
         top = await ws.event("top")
         assert top["offset"] == subscribed["offset"] + 1
+        # The first tick is over and its lease released: now the other hub can, and does, take it.
+        await asyncio.to_thread(server.call, other.on_accepted(event))
+        lease = await asyncio.to_thread(server.call, app.kv.get("hub:lease:global", app.clock.now_ms()))
+        assert lease == other._token and other._leased == {"global"}
+        await asyncio.to_thread(server.call, other.close())
         ws.close()
 
     run(body())

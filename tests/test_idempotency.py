@@ -73,10 +73,11 @@ def test_the_same_signed_request_sent_twice_answers_duplicate_with_the_original_
 
 def test_the_same_signed_request_sent_twice_counts_the_score_once(srv, alice):
     raw = encode(alice.body(250))
-    alice.send(raw)
+    assert alice.send(raw).status == 200
 
-    alice.send(raw)
+    retry = alice.send(raw)
 
+    assert (retry.status, retry.json["duplicate"]) == (200, True)
     assert stored(srv, alice.user_id) == {"actions": 1, "audit": 1, "score": 250}
     standing = alice.http.get(f"/leaderboards/global/users/{alice.user_id}").json
     assert (standing["score"], standing["total"]) == (250, 1)
@@ -202,11 +203,13 @@ def test_a_retry_of_a_committed_action_is_a_duplicate_even_when_its_per_minute_c
 def test_a_duplicate_leaves_the_leaderboard_unchanged(srv, alice, clock):
     raw = encode(alice.body(250))
     alice.send(raw)
-    before = Http(srv.url).get("/leaderboards/global").json
+    standing = f"/leaderboards/global/users/{alice.user_id}"  # not page-cached: the index answers
+    before = Http(srv.url).get(standing).json
 
-    alice.send(raw)
+    assert alice.send(raw).json["duplicate"] is True
 
-    assert Http(srv.url).get("/leaderboards/global").json == before
+    assert Http(srv.url).get(standing).json == before
+    assert srv.call(srv.app.index.rank("global:all", "desc", alice.user_id)) == (1, 250)
 
 
 def test_action_ids_are_per_user_so_two_users_may_use_the_same_one(srv, alice, clock):

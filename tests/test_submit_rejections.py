@@ -275,6 +275,7 @@ def test_the_fourth_action_within_a_minute_of_a_three_per_minute_type_is_rate_ex
 def test_the_per_minute_cap_frees_up_as_the_minute_passes(alice, clock):
     for _ in range(3):
         assert alice.submit(1, action_type="coin").status == 200
+    assert alice.submit(1, action_type="coin").status == 422
     clock.advance(20_000)  # one slot of three per minute comes back every 20 s
 
     assert alice.submit(1, action_type="coin").status == 200
@@ -283,6 +284,7 @@ def test_the_per_minute_cap_frees_up_as_the_minute_passes(alice, clock):
 def test_the_per_minute_cap_counts_each_action_type_on_its_own(alice):
     for _ in range(3):
         assert alice.submit(1, action_type="coin").status == 200
+    assert alice.submit(1, action_type="coin").status == 422
 
     assert alice.submit(1).status == 200
 
