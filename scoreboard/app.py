@@ -19,7 +19,7 @@ from .boards import Boards
 from .clock import Clock
 from .config import Config, load
 from .errors import ConfigError, ScoreboardError
-from .handlers import base, http, scores, static, ws
+from .handlers import base, http, scores, static, submit, ws
 from .hub import REVOCATIONS_CHANNEL, Hub
 from .metrics import Metrics
 from .scores import SCORES_CHANNEL, Scores
@@ -29,6 +29,7 @@ from .store.models import Setting
 from .users import Principal, Users
 
 log = logging.getLogger("scoreboard.app")
+ACCESS_LOG = logging.getLogger("scoreboard.access")
 
 
 class NotMigrated(Exception):
@@ -56,7 +57,7 @@ class App:
         self.users = Users(self.config.auth, self.store, self.kv, self.clock, secret)
         await self._start_use_cases()
         self.server = tornado.httpserver.HTTPServer(
-            self.web_app(), xheaders=self.config.server.xheaders,
+            submit.Dispatcher(self, self.web_app()), xheaders=self.config.server.xheaders,
             max_body_size=self.config.server.max_body_bytes * 64)
         sockets = tornado.netutil.bind_sockets(self.config.server.port if port is None else port,
                                                host or self.config.server.host)
@@ -140,7 +141,7 @@ class App:
             (r"/auth/refresh", http.RefreshHandler),
             (r"/auth/logout", http.LogoutHandler),
             (r"/users/me", http.MeHandler),
-            (r"/scores/update", scores.SubmitHandler),
+            (r"/scores/update", scores.SubmitHandler),  # other methods than POST (handlers/submit.py)
             (r"/leaderboards", scores.BoardsHandler),
             (r"/leaderboards/([a-z0-9_-]+)", scores.PageHandler),
             (r"/leaderboards/([a-z0-9_-]+)/around/([^/]+)", scores.AroundHandler),
@@ -165,10 +166,16 @@ class App:
             websocket_ping_timeout=min(self.config.websocket.ping_timeout_s, self.config.websocket.ping_interval_s))
 
     def _log_request(self, handler: tornado.web.RequestHandler) -> None:
-        fields = {"method": handler.request.method, "path": handler.request.path, "status": handler.get_status(),
-                  "ms": round(handler.request.request_time() * 1000, 2),
-                  "request_id": getattr(handler, "request_id", "")}
-        logging.getLogger("scoreboard.access").info("request", extra={"fields": fields})
+        request = handler.request
+        self.log_access(request.method or "", request.path, handler.get_status(), request.request_time(),
+                        getattr(handler, "request_id", ""))
+
+    @staticmethod
+    def log_access(method: str, path: str, status: int, seconds: float, request_id: str) -> None:
+        if ACCESS_LOG.isEnabledFor(logging.INFO):
+            fields = {"method": method, "path": path.partition("?")[0], "status": status,
+                      "ms": round(seconds * 1000, 2), "request_id": request_id}
+            ACCESS_LOG.info("request", extra={"fields": fields})
 
     # ---- use cases that span modules ------------------------------------------------------------
 

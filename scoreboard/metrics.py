@@ -30,6 +30,23 @@ class Metrics:
         self.ws_frames = Counter("scoreboard_ws_frames_sent", "WebSocket frames sent", registry=r)
         self.ws_slow_closed = Counter("scoreboard_ws_slow_consumers_closed", "Connections closed 4008",
                                       registry=r)
+        self._request_children: dict[tuple[str, int], tuple] = {}
+        self._submission_children: dict[str, Counter] = {}
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request; the labelled children are looked up once per route and status."""
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._request_children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_submission(self, outcome: str) -> None:
+        child = self._submission_children.get(outcome)
+        if child is None:
+            child = self._submission_children[outcome] = self.submissions.labels(outcome)
+        child.inc()
 
     def watch_writer(self, stats) -> None:
         """Export the database writer's own counts (store.db.WriterStats) at each scrape."""

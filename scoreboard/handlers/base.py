@@ -37,8 +37,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.app.config.server.max_body_bytes
 
     def prepare(self) -> None:
-        incoming = self.request.headers.get("X-Request-Id", "")
-        self.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+        self.request_id = request_id_for(self.request.headers.get("X-Request-Id"))
         self.set_header("X-Request-Id", self.request_id)
         self.set_header("Cache-Control", "no-store")
         length = self.request.headers.get("Content-Length")
@@ -77,17 +76,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(wire.dumps(value))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = _as_protocol_error(status_code, kwargs.get("exc_info"))
-        self.set_status(error.status)
-        for name, value in error.headers().items():
-            self.set_header(name, value)
+        exc_info = kwargs.get("exc_info")
         if not hasattr(self, "request_id"):
             self.request_id = uuid.uuid4().hex
         # send_error() cleared the headers prepare() set, so the id goes on again here.
-        self.set_header("X-Request-Id", self.request_id)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(wire.dumps(error.body(self.request_id)))
+        status, headers, body = error_response(status_code, exc_info[1] if exc_info else None, self.request_id)
+        self.set_status(status)
+        for name, value in headers.items():
+            self.set_header(name, value)
+        self.finish(body)
 
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, ScoreboardError | tornado.web.HTTPError):
@@ -95,13 +92,23 @@ class BaseHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
     def on_finish(self) -> None:
-        status = self.get_status()
-        self.app.metrics.requests.labels(self.route, str(status)).inc()
-        self.app.metrics.latency.labels(self.route).observe(time.perf_counter() - self.started)
+        self.app.metrics.observe_request(self.route, self.get_status(), time.perf_counter() - self.started)
 
 
-def _as_protocol_error(status_code: int, exc_info: Any) -> ScoreboardError:
-    exc = exc_info[1] if exc_info else None
+def request_id_for(incoming: str | None) -> str:
+    """The client's X-Request-Id when it is a sane token, else a fresh one."""
+    return incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def error_response(status_code: int, exc: BaseException | None, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the PROTOCOL error for an exception (or a bare Tornado status)."""
+    error = _as_protocol_error(status_code, exc)
+    headers = {**error.headers(), "X-Request-Id": request_id, "Content-Type": "application/json",
+               "Cache-Control": "no-store"}
+    return error.status, headers, wire.dumps(error.body(request_id))
+
+
+def _as_protocol_error(status_code: int, exc: BaseException | None) -> ScoreboardError:
     if isinstance(exc, ScoreboardError):
         return exc
     if isinstance(exc, tornado.web.HTTPError):

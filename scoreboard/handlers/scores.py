@@ -13,18 +13,9 @@ USER_ID_RE = re.compile(r"[0-9]{1,16}")
 
 
 class SubmitHandler(BaseHandler):
-    route = "scores.update"
+    """Answers the methods other than POST (405); a POST is taken by handlers/submit.py before routing."""
 
-    async def post(self) -> None:
-        headers = self.request.headers
-        try:
-            result = await self.app.scores.submit(self.raw_body, headers.get("X-Signature"),
-                                                  headers.get("Authorization"), self.client_info())
-        except Exception as exc:
-            self.app.metrics.submissions.labels(getattr(exc, "code", "error")).inc()
-            raise
-        self.app.metrics.submissions.labels("duplicate" if result["duplicate"] else "accepted").inc()
-        self.send_json(result)
+    route = "scores.update"
 
 
 class ReadHandler(BaseHandler):
