@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from . import periods
 from .boards import Boards
 from .bus import Bus, Event
 from .clock import Clock
@@ -206,6 +207,8 @@ class Hub:
         self._peers: dict[Peer, set[str]] = {}
         self._sessions: dict[str, set[Peer]] = {}  # session id -> its authenticated connections here
         self._session_of: dict[Peer, str] = {}
+        self._expiries: dict[Peer, asyncio.TimerHandle] = {}  # authenticated connections: token expiry
+        self._boundaries: dict[str, asyncio.TimerHandle] = {}  # board -> its next period's start
         self._leased: set[str] = set()  # boards whose tick this process runs and has not released yet
         self._tasks: set[asyncio.Task] = set()
         self._token = uuid.uuid4().hex.encode()
@@ -221,9 +224,22 @@ class Hub:
         self.metrics.ws_connections.set(len(self._peers))
 
     def bind(self, peer: Peer, principal: Principal) -> None:
-        """Remember whose session the connection speaks for, so revoking the session closes it."""
+        """Remember whose session the connection speaks for, so revoking the session closes it; and close
+        it 4001 when its token expires (past the leeway), as the next HTTP request would be refused. The
+        clients refresh the token and reconnect, resuming each channel from its last offset."""
+        if peer not in self._peers:
+            return  # it closed while its token was being checked
         self._session_of[peer] = principal.session_id
         self._sessions.setdefault(principal.session_id, set()).add(peer)
+        if principal.token_expires_s:
+            expires_ms = (principal.token_expires_s + self.config.auth.leeway_s) * 1000
+            delay_s = max(0.0, (expires_ms - self.clock.now_ms()) / 1000)
+            self._expiries[peer] = asyncio.get_running_loop().call_later(delay_s, self._expire, peer)
+
+    def _expire(self, peer: Peer) -> None:
+        self._expiries.pop(peer, None)
+        self.detach(peer)
+        peer.close(UNAUTHORIZED_CLOSE, "token expired")
 
     def on_revoked(self, event: Event) -> None:
         """Bus listener (`REVOCATIONS_CHANNEL`): a session was revoked on some process; close its sockets."""
@@ -237,6 +253,9 @@ class Hub:
 
     def detach(self, peer: Peer) -> None:
         """Forget the peer and all its subscriptions now; bus subscriptions left empty go in the background."""
+        expiry = self._expiries.pop(peer, None)
+        if expiry is not None:
+            expiry.cancel()
         session_id = self._session_of.pop(peer, None)
         if session_id is not None:
             peers = self._sessions.get(session_id, set())
@@ -283,6 +302,8 @@ class Hub:
             raise
         if peer in state.joining:  # else the peer left while we waited
             state.admit(peer, reply, missed)
+        if target[0] == "leaderboard":
+            self._watch_period(target[1])
         return reply
 
     async def unsubscribe(self, peer: Peer, channel: str) -> None:
@@ -394,6 +415,21 @@ class Hub:
             await self._publish_ranks(board, period, key, entries[:depth])
         await self._publish_top(board.name, period, entries[:self.config.broadcast.top_n])
 
+    def _watch_period(self, name: str) -> None:
+        """While the board has subscribers here, tick at each period start: they see the new (empty) top
+        at the reset, not at its first submission. Re-armed at most every hour, so a moved clock is caught."""
+        reset = self.boards.board(name).reset
+        if name in self._boundaries or reset == "never" or not self._channels.get(f"leaderboard:{name}"):
+            return
+        now = self.clock.now_ms()
+        delay_ms = min(max(periods.next_boundary_ms(reset, now) - now, 50), 3_600_000)
+        self._boundaries[name] = asyncio.get_running_loop().call_later(delay_ms / 1000, self._at_boundary, name)
+
+    def _at_boundary(self, name: str) -> None:
+        del self._boundaries[name]
+        self._spawn(self._claim_tick(name))  # the tick publishes only if the top changed (a new period did)
+        self._watch_period(name)
+
     async def _publish_top(self, board: str, period: str, entries: list[Ranked]) -> None:
         data = {"board": board, "period": period, "entries": [
             {"rank": e.rank, "user_id": e.user_id, "username": e.username, "score": e.score} for e in entries]}
@@ -435,6 +471,9 @@ class Hub:
 
     async def close(self) -> None:
         """Cancel ticks and close every connection with 1001 (going away). The bus closes after."""
+        for timer in self._boundaries.values():
+            timer.cancel()
+        self._boundaries.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

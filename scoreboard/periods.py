@@ -7,7 +7,7 @@ readable: `all` (never), `2026-11-27` (daily), `2026-W48` (weekly, ISO weeks), `
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 PATTERNS = {  # ASCII: to a str pattern \d also matches other scripts' digits, which strptime accepts
     "never": re.compile(r"all"),
@@ -27,6 +27,21 @@ def period_of(reset: str, now_ms: int) -> str:
         year, week, _ = moment.isocalendar()
         return f"{year}-W{week:02d}"
     return moment.strftime("%Y-%m")
+
+
+def next_boundary_ms(reset: str, now_ms: int) -> int | None:
+    """When the period after the one `now_ms` falls in begins (Unix ms); None for a board that never resets."""
+    if reset == "never":
+        return None
+    moment = datetime.fromtimestamp(now_ms / 1000, UTC)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if reset == "daily":
+        start = day + timedelta(days=1)
+    elif reset == "weekly":
+        start = day + timedelta(days=7 - day.weekday())
+    else:
+        start = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+    return int(start.timestamp() * 1000)
 
 
 def is_valid(reset: str, period: str) -> bool:

@@ -34,6 +34,7 @@ class Principal:
     role: str
     status: str
     session_key: str
+    token_expires_s: int = 0  # the access token's `exp` (Unix seconds); 0 when not from a token
 
     @property
     def is_admin(self) -> bool:
@@ -200,7 +201,7 @@ class Users:
             raise Unauthorized("this account is banned")
         if info["s"] == "suspended" and not allow_suspended:
             raise Suspended("this account is suspended")
-        return Principal(claims.user_id, claims.session_id, info["r"], info["s"], info["k"])
+        return Principal(claims.user_id, claims.session_id, info["r"], info["s"], info["k"], claims.expires_at)
 
     def _verify(self, token: str, now_s: int) -> auth.Claims:
         """Tokens.verify, without decoding the same token again on every request of a session.

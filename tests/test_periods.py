@@ -10,9 +10,10 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from wsclient import Ws, run, submit
 
 from scoreboard.clock import ManualClock
-from scoreboard.periods import is_valid, period_of
+from scoreboard.periods import is_valid, next_boundary_ms, period_of
 
 from harness import Http, Player
 
@@ -234,3 +235,38 @@ def test_the_board_listing_names_each_boards_current_period(daily, clock):
 
     assert {b["name"]: (b["reset"], b["period"]) for b in listing} == {
         "global": ("never", "all"), "daily": ("daily", "2026-11-28")}
+
+
+# ---- the next period's start ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reset", "moment", "start"), [
+    ("daily", "2026-11-27T23:59:59.999", "2026-11-28T00:00:00"),
+    ("daily", "2026-12-31T00:00:00.000", "2027-01-01T00:00:00"),
+    ("weekly", "2026-11-29T23:59:59.999", "2026-11-30T00:00:00"),  # Sunday -> Monday
+    ("weekly", "2026-11-30T00:00:00.000", "2026-12-07T00:00:00"),  # a Monday's next week
+    ("monthly", "2026-01-31T12:00:00.000", "2026-02-01T00:00:00"),
+    ("monthly", "2026-12-01T00:00:00.000", "2027-01-01T00:00:00"),
+])
+def test_the_next_period_starts_at_the_next_utc_boundary(reset, moment, start):
+    assert next_boundary_ms(reset, ms(moment)) == ms(start)
+    assert period_of(reset, ms(start)) != period_of(reset, ms(start) - 1)
+
+
+def test_a_board_that_never_resets_has_no_next_period():
+    assert next_boundary_ms("never", ms("2026-11-27T12:00:00")) is None
+
+
+def test_subscribers_get_the_new_periods_empty_top_at_midnight_without_a_submission(daily, alice, clock):
+    async def body():
+        ws = await Ws.open(daily)
+        await ws.subscribe("leaderboard:daily")
+        await submit(alice, 100, board="daily")
+        before = await ws.event("top")  # the submission's own tick is over
+        assert before["data"]["period"] == "2026-11-27" and len(before["data"]["entries"]) == 1
+        clock.advance(2_000)  # the server's timer for midnight (1 s away) finds the new day
+        event = await ws.event("top")
+        assert event["data"] == {"board": "daily", "period": "2026-11-28", "entries": []}
+        ws.close()
+
+    run(body())
