@@ -75,3 +75,29 @@ def test_logout_on_one_process_closes_the_sessions_websocket_on_the_other(two_pr
         assert await ws.close_code() == 4001
 
     run(body())
+
+
+def test_a_submission_on_one_process_drops_the_cached_page_on_the_other(tmp_path, backend):
+    raw = merge(raw_config("services", tmp_path, REDIS_URL, POSTGRES_URL),
+                {"broadcast": {"interval_ms": 50}, "cache": {"page_ttl_ms": 600_000}})  # only invalidation helps
+    a = b = None
+    try:
+        a = ServerProcess(raw, tmp_path)
+        b = ServerProcess(raw, tmp_path)
+        alice = Player(Http(b.url), "alice")
+        assert Http(a.url).get("/leaderboards/global").json["entries"] == []  # A caches the empty page
+
+        async def body():
+            ws = await Ws.open(a)
+            await ws.subscribe("leaderboard:global")
+            await submit(alice, 30)
+            await ws.event("top")  # published after the internal score event, on the same connection
+
+        run(body())
+        entries = Http(a.url).get("/leaderboards/global").json["entries"]
+        assert [(e["username"], e["score"]) for e in entries] == [("alice", 30)]
+    finally:
+        for process in (a, b):
+            if process is not None:
+                process.stop()
+        cleanup(raw)

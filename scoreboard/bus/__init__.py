@@ -25,6 +25,9 @@ Listener = Callable[[Event], Awaitable[None] | None]
 
 
 class Bus(Protocol):
+    # Whether other processes publish on this bus too (False: every event was published right here).
+    shared: bool
+
     async def publish(self, channel: str, payload: bytes) -> Event:
         """Append to the channel's history and deliver to every subscriber on every process."""
 

@@ -135,6 +135,8 @@ class _Channel:
 class LocalBus:
     """Bus for a single process. History lives in memory, so a new bus means a new epoch."""
 
+    shared = False
+
     def __init__(self, history_size: int = 1000) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")

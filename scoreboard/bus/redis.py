@@ -98,6 +98,8 @@ class _Subscription:
 
 
 class RedisBus:
+    shared = True
+
     def __init__(self, client: aioredis.Redis, prefix: str, history_size: int = 1000,
                  history_ttl_ms: int = 0) -> None:
         if history_size < 1:
