@@ -448,3 +448,28 @@ def test_live_reconnects_and_resumes_from_the_last_offset(server, event_loop_run
     epoch, offset = live.positions["leaderboard:global"]
     assert epoch == before[0] and offset == before[1] + 1
     assert seen.states.count("reconnecting") >= 2  # the wait, and at least one refused attempt
+
+
+def test_live_outlives_its_access_token_by_refreshing_and_resuming(server_factory, event_loop_runner):
+    """The server closes the connection 4001 when its token expires (2 s here); the client refreshes
+    the token, reconnects and resumes its channel from the last offset, without a snapshot."""
+    server = server_factory({"auth": {"access_ttl_s": 2, "leeway_s": 0}})
+
+    async def scenario():
+        player = await logged_in(server, "alice")
+        channel = f"user:{player.user['user_id']}"
+        seen = Recorder()
+        live = player.live(**seen.callbacks(), **FAST)
+        await live.connect(timeout=5)
+        await live.subscribe(channel, timeout=5)
+        await wait_until(lambda: live.connections == 2 and live.state == "live", timeout=10)
+        result = await player.submit(15)
+        _, _, data = await seen.next("score")
+        await live.close()
+        return result, data, live, seen
+
+    result, data, live, seen = event_loop_runner(asyncio.wait_for(scenario(), 30))
+
+    assert data["action_id"] == result["action_id"]
+    assert "closed" not in seen.states[:-1]  # closed only by our own close() at the end
+    assert len(seen.snapshots) == 1  # the resubscribe after the 4001 was recovered
