@@ -166,8 +166,13 @@ class Store:
             # again (score jobs find their own committed action and answer as duplicates).
             self._drop_connection()
             outcomes = self._retry(batch)
+        # One wake-up per event loop for the whole batch: call_soon_threadsafe writes to the loop's
+        # self-pipe each time, which per job was a syscall and a context switch each.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}
         for job, (ok, value) in zip(batch, outcomes, strict=True):
-            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
 
     def _retry(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
         try:
@@ -292,13 +297,14 @@ def rows_sql(rows: int, width: int) -> str:
     return ", ".join([one] * rows)
 
 
-def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle_all(settled: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for future, ok, value in settled:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _first_line(exc: BaseException) -> str:
