@@ -119,6 +119,7 @@ class App:
         self.users.revoked_listeners.append(self.hub.announce_revoked)
         await self.bus.subscribe(REVOCATIONS_CHANNEL, self.hub.on_revoked)
         self.closers.insert(0, self.hub.close)  # before the bus: close WebSockets (1001), stop ticks
+        self.closers.insert(0, self.scores.flush)  # before the store: the acknowledged results recorded
         if self.bus.shared:  # other processes' submissions; this one's reach Boards as accepted_listeners
             await self.bus.subscribe(SCORES_CHANNEL, self.boards.on_score_event)
         if self.config.cache.rebuild_on_start:

@@ -188,6 +188,14 @@ class Scores:
             await listener(event)
         return result
 
+    async def flush(self) -> None:
+        """Wait until every acknowledged result is recorded: on shutdown, before the store closes."""
+        while self.recording is not None:
+            try:
+                await self.recording  # its done-callback (registered first) starts the next batch
+            except Exception:
+                pass  # logged by _recorded
+
     def _record(self, row_id: int, result: str) -> None:
         """Store an acknowledged result in its action row. One write job at a time takes all that gathered
         meanwhile, so under load the results cost one savepoint per group commit, not one each."""

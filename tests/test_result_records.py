@@ -1,5 +1,8 @@
 """The acknowledged result (with rank) is recorded in its action row after the response, for retries.
 
+`Scores.flush()` (run on shutdown before the store closes) returns once every acknowledged result is
+recorded; the tests await it instead of polling.
+
 Results that arrive while one recording write is queued or running are recorded together by the next
 one: none may be lost or mixed up, and a retry then gets exactly the original answer.
 """
@@ -7,7 +10,6 @@ one: none may be lost or mixed up, and a retry then gets exactly the original an
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from scoreboard.store.models import Action
@@ -47,12 +49,8 @@ def test_every_acknowledged_result_is_recorded_once_even_when_they_arrive_togeth
     with ThreadPoolExecutor(PLAYERS) as pool:
         answers = [answer for sent in pool.map(play, players) for answer in sent]
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        recorded = _recorded(server)
-        if all("rank" in recorded[a["action_id"]] for a in answers):
-            break
-        time.sleep(0.05)
+    server.call(server.app.scores.flush())
+    recorded = _recorded(server)
     assert {a["action_id"]: a for a in answers} == {a["action_id"]: recorded[a["action_id"]] for a in answers}
     record_jobs = stats.jobs - jobs_before - len(answers)
     assert 0 < record_jobs < len(answers)  # grouped: fewer recording writes than results
@@ -65,9 +63,8 @@ def test_a_retry_after_the_result_was_recorded_gets_the_original_answer(server):
     first = player.send(body)
     assert first.status == 200
 
-    deadline = time.monotonic() + 10
-    while "rank" not in _recorded(server)[first.json["action_id"]] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    server.call(server.app.scores.flush())
+    assert "rank" in _recorded(server)[first.json["action_id"]]
     again = json.loads(body)
     again.update(seq=player.seq + 1, nonce="n" * 20 + "retry")
     player.seq += 1
