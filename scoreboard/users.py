@@ -19,7 +19,7 @@ from .config import AuthConfig
 from .errors import Forbidden, InvalidRequest, RateLimited, Suspended, Unauthorized
 from .kv import KV
 from .ratelimit import Limit, check
-from .store.db import Store
+from .store.db import Statement, Store
 from .store.models import Session, SpentRefreshToken, User
 
 VERIFIED_TOKENS_MAX = 10_000  # about 4 MB of tokens; past it the memory starts over
@@ -222,12 +222,9 @@ class Users:
         cached = await self.kv.get(_session_key(session_id), now)
         if cached is not None:
             return orjson.loads(cached)
-        row = await self.store.read(_load_session, session_id)
-        if row is None:
+        info = await self.store.read(_load_session_info, session_id)
+        if info is None:
             return {"revoked": True}
-        session, user = row
-        info = {"u": user.id, "r": user.role, "s": user.status, "k": session.session_key,
-                "x": session.expires_at, "revoked": session.revoked_at is not None}
         await self.kv.set(_session_key(session_id), orjson.dumps(info), now, ttl_ms=self.config.session_cache_ms)
         return info
 
@@ -247,6 +244,20 @@ def _find_user(username_key: str) -> User | None:
 def _load_session(session_id: str) -> tuple[Session, User] | None:
     row = Session.select(Session, User).join(User).where(Session.id == session_id).first()
     return (row, row.user) if row else None
+
+
+# Read again each `session_cache_ms` for every active session: a prepared statement, not a model query.
+_SESSION_INFO = Statement(lambda session_id: Session.select(
+    User.id, User.role, User.status, Session.session_key, Session.expires_at, Session.revoked_at).join(User).where(
+    Session.id == session_id), ("probe-session-id",))
+
+
+def _load_session_info(session_id: str) -> dict | None:
+    row = _SESSION_INFO.cursor(session_id).fetchone()
+    if row is None:
+        return None
+    user_id, role, status, session_key, expires_at, revoked_at = row
+    return {"u": user_id, "r": role, "s": status, "k": session_key, "x": expires_at, "revoked": revoked_at is not None}
 
 
 def _rotate(session_id: str, presented: str, new_hash: str, now: int):
