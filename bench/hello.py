@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 
 import tornado.web
@@ -39,7 +40,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--cpu", default="", help="pin to these CPUs (comma-separated), as server.cpu_affinity does")
     args = parser.parse_args()
+    if args.cpu:
+        os.sched_setaffinity(0, {int(cpu) for cpu in args.cpu.split(",")})
     if args.uvloop:
         import uvloop
 

@@ -70,6 +70,7 @@ class Run:
     server_cpu: float  # share of one core used by the server process during the measured phase
     machine_busy: float  # share of all cores busy during the measured phase
     busy_before: float  # share of all cores busy in the second before the run: others' load on the machine
+    loop_cpu: float = 0.0  # the server's main thread (its event loop), share of one core; the rest is its threads
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -104,9 +105,10 @@ def start_scoreboard(raw: dict, workdir: Path, use_uvloop: bool) -> Child:
                   "--host", "127.0.0.1"], workdir / f"server-{port}.log", f"http://127.0.0.1:{port}")
 
 
-def start_hello(workdir: Path, use_uvloop: bool) -> Child:
+def start_hello(workdir: Path, use_uvloop: bool, cpu: str) -> Child:
     port = free_port()
-    args = [sys.executable, "-m", "bench.hello", "--port", str(port)] + (["--uvloop"] if use_uvloop else [])
+    args = [sys.executable, "-m", "bench.hello", "--port", str(port), "--cpu", cpu]
+    args += ["--uvloop"] if use_uvloop else []
     return Child(args, workdir / f"hello-{port}.log", f"http://127.0.0.1:{port}")
 
 
@@ -137,11 +139,11 @@ def load(url: str, players: list[dict], plan: dict, workdir: Path, pid: int,
         for line in proc.stdout:
             line = line.strip()
             if line == "measuring":
-                cpu_start, machine_start = _process_cpu(pid), _machine_cpu()
+                cpu_start, machine_start, loop_start = _process_cpu(pid), _machine_cpu(), _process_cpu(pid, pid)
                 if py_spy:
                     spy = _start_py_spy(py_spy, pid, plan.get("seconds", 10))
             elif line == "done":
-                cpu_end, machine_end = _process_cpu(pid), _machine_cpu()
+                cpu_end, machine_end, loop_end = _process_cpu(pid), _machine_cpu(), _process_cpu(pid, pid)
             elif line.startswith("{"):
                 result = orjson.loads(line)
         if proc.wait() != 0 or result is None:
@@ -155,12 +157,13 @@ def load(url: str, players: list[dict], plan: dict, workdir: Path, pid: int,
     elapsed = result["elapsed_s"]
     server_cpu = (cpu_end - cpu_start) / elapsed if cpu_start is not None and cpu_end is not None else 0.0
     busy = _busy(machine_start, machine_end) if machine_start and machine_end else 0.0
-    return Run(result, server_cpu, busy, busy_before)
+    loop_cpu = (loop_end - loop_start) / elapsed if cpu_start is not None and cpu_end is not None else 0.0
+    return Run(result, server_cpu, busy, busy_before, loop_cpu)
 
 
-def _process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
+def _process_cpu(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of a process (all its threads), or of one of its threads."""
+    with open(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -194,7 +197,8 @@ def _start_py_spy(path: str, pid: int, seconds: float) -> subprocess.Popen:
 
 
 def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict:
-    raw = merge(raw_config(backend, workdir, REDIS_URL, POSTGRES_URL), BENCH_SETTINGS)
+    raw = merge(merge(raw_config(backend, workdir, REDIS_URL, POSTGRES_URL), BENCH_SETTINGS),
+                {"server": {"cpu_affinity": args.cpu}})
     server = hello = None
     try:
         server = start_scoreboard(raw, workdir, args.uvloop)
@@ -205,14 +209,16 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict
         spy_path = f"{args.py_spy.removesuffix(Path(args.py_spy).suffix)}-{backend}{Path(args.py_spy).suffix}" \
             if args.py_spy else None
         scoreboard = load(server.url, players, plan, workdir, server.pid, spy_path)
+        commits = writer_counts(server.url)
         server.stop()
         # The baseline: the same clients, request shape and number of measured requests.
-        hello = start_hello(workdir, args.uvloop)
+        hello = start_hello(workdir, args.uvloop, args.cpu)
         count = math.ceil(scoreboard.measured / args.clients)
         plan = {"mode": "count", "warmup_s": args.warmup, "count": count,
                 "budget": math.ceil(args.max_rps * args.warmup / args.clients), "max_seconds": 10 * args.seconds}
         baseline = load(hello.url, players, plan, workdir, hello.pid)
-        return {"backend": backend, "scoreboard": scoreboard, "hello": baseline, "py_spy": spy_path}
+        return {"backend": backend, "scoreboard": scoreboard, "hello": baseline, "py_spy": spy_path,
+                "commits": commits}
     finally:
         for child in (server, hello):
             if child is not None:
@@ -220,10 +226,21 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict
         cleanup(raw)
 
 
+def writer_counts(url: str) -> tuple[float, float]:
+    """(write jobs, transactions) the server's writer committed in its life, from /metrics."""
+    counts = {}
+    for line in Http(url).get("/metrics").raw.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("scoreboard_db_committed_jobs_total", "scoreboard_db_group_commits_total"):
+            counts[name] = float(value)
+    return counts.get("scoreboard_db_committed_jobs_total", 0.0), counts.get("scoreboard_db_group_commits_total", 0.0)
+
+
 def report(rows: list[dict], args: argparse.Namespace) -> bool:
     loop = "uvloop" if args.uvloop else "asyncio"
+    pinned = f"both servers on CPU {args.cpu}" if args.cpu else "servers on any CPU"
     print(f"\n{args.clients} clients, {args.seconds:g} s measured after {args.warmup:g} s warm-up, "
-          f"server event loop: {loop}, {os.cpu_count()} cores\n")
+          f"server event loop: {loop}, {os.cpu_count()} cores, {pinned}\n")
     header = (f"{'backend':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'hello req/s':>12} "
               f"{'hello p99':>10} {'ratio':>6} {'srv cpu':>8} {'busy':>6}  verdict")
     print(header)
@@ -247,12 +264,18 @@ def report(rows: list[dict], args: argparse.Namespace) -> bool:
                 notes.append("non-200: " + ", ".join(f"{k} x{v}" for k, v in sorted(run.non_200.items())))
             if run.exhausted:
                 notes.append(f"{run.exhausted} clients ran out of pre-built requests (raise --max-rps)")
-            cpu_ms = run.server_cpu * run.elapsed_s / run.measured * 1000 if run.measured else 0.0
+            per_request = run.elapsed_s / run.measured * 1000 if run.measured else 0.0
+            cpu_ms, loop_ms = run.server_cpu * per_request, run.loop_cpu * per_request
             print(f"  {row['backend']}/{name}: {run.measured:,} measured in {run.elapsed_s:.2f} s, "
-                  f"max {run.max_ms:.1f} ms, server CPU {cpu_ms:.2f} ms per request, "
+                  f"max {run.max_ms:.1f} ms, server CPU {cpu_ms:.2f} ms per request "
+                  f"({loop_ms:.2f} event loop, {cpu_ms - loop_ms:.2f} other threads), "
                   f"load generator {run.loadgen_cpu_s / run.elapsed_s:.0%} of a core, "
                   f"machine {run.busy_before:.0%} busy just before"
                   + ("; " + "; ".join(notes) if notes else ""))
+        jobs, transactions = row["commits"]
+        if transactions:
+            print(f"  {row['backend']}/scoreboard: {jobs:,.0f} write jobs in {transactions:,.0f} transactions "
+                  f"({jobs / transactions:.1f} per commit, whole run)")
         if row["py_spy"]:
             print(f"  {row['backend']}: py-spy profile of the measured phase in {row['py_spy']}")
     return all_met
@@ -267,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-rps", type=int, default=8000,
                         help="requests are built up front for at most this rate (default 8000)")
     parser.add_argument("--uvloop", action="store_true", help="run the servers on uvloop (pip install uvloop)")
+    parser.add_argument("--cpu", default=str(max(os.sched_getaffinity(0))),
+                        help="the CPU both servers are pinned to, one after the other (server.cpu_affinity); "
+                             "'' for none. Default: the last CPU")
     parser.add_argument("--py-spy", metavar="PATH", help="record the server with py-spy (.svg, .txt raw, .json)")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 1000 or not 0 < args.seconds <= 120 or not 0 <= args.warmup <= 60:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -230,10 +231,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     logs.setup(config.server.log_level)
     try:
+        pin_cpus(config.server.cpus)
+    except ConfigError as exc:
+        print(f"scoreboard-server: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
         asyncio.run(_serve(config, args))
     except NotMigrated as exc:
         print(f"scoreboard-server: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def pin_cpus(cpus: set[int]) -> None:
+    """Keep this process on `cpus`; called before any thread starts, so every thread inherits it."""
+    if not cpus:
+        return
+    available = os.sched_getaffinity(0)
+    if not cpus <= available:
+        raise ConfigError("server.cpu_affinity", f"CPUs {sorted(cpus - available)} are not available to this "
+                                                 f"process (it may use {sorted(available)})")
+    os.sched_setaffinity(0, cpus)
 
 
 async def _serve(config: Config, args: argparse.Namespace) -> None:

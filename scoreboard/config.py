@@ -20,6 +20,7 @@ from .errors import ConfigError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MAX_ABS = 2**53 - 1
+CPU_LIST_RE = re.compile(r"[0-9]{1,4}(,[0-9]{1,4})*", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class ServerConfig:
     public_reads: bool = True
     xheaders: bool = False
     log_level: str = "info"
+    cpu_affinity: str = ""
+
+    @property
+    def cpus(self) -> set[int]:
+        """The CPUs `cpu_affinity` names (empty: no pinning)."""
+        return {int(part) for part in self.cpu_affinity.split(",")} if self.cpu_affinity else set()
 
 
 @dataclass(frozen=True)
@@ -288,6 +295,8 @@ def _check(config: Config) -> None:
         raise ConfigError("redis.url", "must be empty (embedded) or a redis:// URL")
     _one_of("auth.jwt_algorithm", config.auth.jwt_algorithm, ("HS256", "HS384", "HS512"))
     _one_of("server.log_level", config.server.log_level, ("debug", "info", "warning", "error"))
+    if config.server.cpu_affinity and not CPU_LIST_RE.fullmatch(config.server.cpu_affinity):
+        raise ConfigError("server.cpu_affinity", "must be empty or CPU numbers separated by commas, e.g. \"2\"")
     if config.auth.jwt_secret and len(config.auth.jwt_secret) < 32:
         raise ConfigError("auth.jwt_secret", "must be at least 32 characters (or empty to generate one)")
     # OWASP's floor for Argon2id: 19 MiB with t=2, or more memory or time.

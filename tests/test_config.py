@@ -184,3 +184,14 @@ def test_a_missing_config_file_is_an_error(tmp_path):
         load(tmp_path / "absent.toml", env={})
 
     assert "absent.toml" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["", "0", "1,3", "12"])
+def test_cpu_affinity_takes_cpu_numbers_separated_by_commas(value):
+    config = from_dict({"server": {"cpu_affinity": value}}, {})
+    assert config.server.cpus == ({int(v) for v in value.split(",")} if value else set())
+
+
+@pytest.mark.parametrize("value", ["x", "1-3", "1,", " 1", "-1", "1;2"])
+def test_a_malformed_cpu_affinity_is_an_error_naming_it(value):
+    assert _error({"server": {"cpu_affinity": value}}).key == "server.cpu_affinity"

@@ -312,3 +312,36 @@ def test_healthz_answers_ok(client):
     response = client.get("/healthz")
 
     assert (response.status, response.json) == (200, {"status": "ok"})
+
+
+# ---- CPU affinity -------------------------------------------------------------------------------
+
+
+def _allowed_cpus(pid: int) -> set[str]:
+    """The Cpus_allowed_list of every thread of a process."""
+    lists = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                lists.add(line.split(":", 1)[1].strip())
+    return lists
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)  # a process setting, the same on both
+def test_cpu_affinity_keeps_the_process_and_every_thread_on_that_cpu(fresh, launch):
+    workdir, env, _ = fresh
+    cpu = str(max(os.sched_getaffinity(0)))
+
+    server = launch(workdir, {**env, "SCOREBOARD_SERVER_CPU_AFFINITY": cpu})
+    Http(server.url).get("/readyz")  # the database threads have started
+
+    assert _allowed_cpus(server.proc.pid) == {cpu}
+
+
+def test_a_cpu_the_process_may_not_use_stops_the_server_with_status_2_naming_the_key(tmp_path):
+    unavailable = max(os.sched_getaffinity(0)) + 1
+
+    result = run_to_exit(tmp_path, clean_env(SCOREBOARD_SERVER_CPU_AFFINITY=str(unavailable)))
+
+    assert result.returncode == 2
+    assert "server.cpu_affinity" in result.stderr and "not available" in result.stderr
