@@ -192,9 +192,12 @@ class Scores:
         """Wait until every acknowledged result is recorded: on shutdown, before the store closes."""
         while self.recording is not None:
             try:
-                await self.recording  # its done-callback (registered first) starts the next batch
+                await self.recording
             except Exception:
                 pass  # logged by _recorded
+            # A finished job's done-callback (it starts the next one, or clears `recording`) is only
+            # scheduled: awaiting a done future does not yield, so yield once for it to run.
+            await asyncio.sleep(0)
 
     def _record(self, row_id: int, result: str) -> None:
         """Store an acknowledged result in its action row. One write job at a time takes all that gathered
