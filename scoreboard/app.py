@@ -88,16 +88,16 @@ class App:
     def _open_backends(self) -> None:
         history = self.config.broadcast.history_size
         if self.config.redis.url:
-            import redis.asyncio
             from redis.asyncio.retry import Retry
             from redis.backoff import ExponentialBackoff
 
             from .bus.redis import RedisBus
             from .kv.redis import RedisKV
             from .leaderboard.redis import RedisIndex
+            from .redispipe import AutoPipelineRedis
 
             # One quick retry rides over a dropped connection; more would hold requests past a real outage.
-            self.redis = redis.asyncio.Redis.from_url(
+            self.redis = AutoPipelineRedis.from_url(
                 self.config.redis.url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10,
                 retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1))
             prefix = self.config.redis.prefix

@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "scoreboard"
 ROWS = [
     {"errors", "config", "wire", "clock"},
-    {"signing", "auth", "ratelimit", "rules", "anticheat"},
+    {"signing", "auth", "ratelimit", "rules", "anticheat", "redispipe"},
     {"leaderboard", "bus", "kv", "store"},
     {"scores", "ledger", "audit", "hub", "users", "boards"},
     {"handlers", "app", "client"},

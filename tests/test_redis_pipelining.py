@@ -1,0 +1,113 @@
+"""scoreboard.redispipe: commands issued in one event-loop turn go to Redis as one pipeline, and each
+caller still gets exactly its own reply or its own error. Against the real Redis (services only)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio
+import redis.exceptions
+
+from scoreboard.redispipe import AutoPipelineRedis
+
+from conftest import require_redis
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"sbtest:pipe:{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def run(event_loop_runner, prefix):
+    url = require_redis()
+    yield lambda scenario: event_loop_runner(_with_client(url, prefix, scenario))
+
+
+async def _with_client(url: str, prefix: str, scenario):
+    name = f"pipe{uuid.uuid4().hex[:8]}"
+    client = AutoPipelineRedis.from_url(url, client_name=name)
+    try:
+        return await asyncio.wait_for(scenario(client, name), 20)
+    finally:
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def _connections_named(name: str) -> int:
+    observer = redis.asyncio.Redis.from_url(require_redis())
+    try:
+        return sum(1 for client in await observer.client_list() if client.get("name") == name)
+    finally:
+        await observer.aclose()
+
+
+def test_fifty_concurrent_commands_share_one_connection_and_each_gets_its_reply(run, prefix):
+    async def scenario(client, name):
+        replies = await asyncio.gather(*(client.incrby(f"{prefix}{i}", i) for i in range(50)))
+        return replies, await _connections_named(name)
+
+    replies, connections = run(scenario)
+
+    assert replies == list(range(50))
+    assert connections == 1  # one command at a time would have needed up to 50
+
+
+def test_commands_issued_in_one_turn_apply_in_issue_order(run, prefix):
+    async def scenario(client, _name):
+        await asyncio.gather(*(client.rpush(f"{prefix}list", i) for i in range(20)))
+        return await client.lrange(f"{prefix}list", 0, -1)
+
+    assert run(scenario) == [str(i).encode() for i in range(20)]
+
+
+def test_an_error_reaches_only_the_caller_whose_command_failed(run, prefix):
+    async def scenario(client, _name):
+        await client.hset(f"{prefix}hash", "field", "1")
+        return await asyncio.gather(client.incr(f"{prefix}counter"), client.incr(f"{prefix}hash"),
+                                    client.incr(f"{prefix}counter"), return_exceptions=True)
+
+    first, failed, second = run(scenario)
+
+    assert (first, second) == (1, 2)
+    assert isinstance(failed, redis.exceptions.ResponseError) and "WRONGTYPE" in str(failed)
+
+
+def test_a_script_unknown_to_the_server_is_loaded_again_inside_a_batch(run, prefix):
+    async def scenario(client, _name):
+        script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        await client.script_flush()
+        return await asyncio.gather(*(script([f"{prefix}scripted"], [i]) for i in (1, 2, 3)),
+                                    client.get(f"{prefix}missing"))
+
+    *sums, missing = run(scenario)
+
+    assert sorted(sums) == [1, 3, 6] and missing is None
+
+
+def test_a_cancelled_caller_leaves_the_others_of_its_batch_alone(run, prefix):
+    async def scenario(client, _name):
+        doomed = asyncio.ensure_future(client.set(f"{prefix}doomed", "x"))
+        kept = asyncio.ensure_future(client.incr(f"{prefix}kept"))
+        await asyncio.sleep(0)  # both are queued for the same batch
+        doomed.cancel()
+        return await kept, doomed.cancelled()
+
+    assert run(scenario) == (1, True)
+
+
+def test_a_connection_error_reaches_every_caller_of_the_batch():
+    async def scenario():
+        client = AutoPipelineRedis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+        try:
+            return await asyncio.gather(client.get("a"), client.get("b"), return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    outcomes = asyncio.run(asyncio.wait_for(scenario(), 20))
+
+    assert all(isinstance(outcome, redis.exceptions.ConnectionError) for outcome in outcomes), outcomes
