@@ -28,9 +28,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, app: Any) -> None:
         self.app = app
         self.started = time.perf_counter()
-        self.chunks: list[bytes] = []
-        self.received = 0
-        self.too_large = False
+        self.body = BoundedBody(app.config.server.max_body_bytes)
 
     @property
     def max_body(self) -> int:
@@ -47,18 +45,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self.request.connection.set_max_body_size(self.max_body * 64)
 
     def data_received(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.max_body:
-            self.too_large = True
-            self.chunks.clear()
-        elif not self.too_large:
-            self.chunks.append(chunk)
+        self.body.add(chunk)
 
     @property
     def raw_body(self) -> bytes:
-        if self.too_large:
-            raise PayloadTooLarge(f"body over {self.max_body} bytes")
-        return b"".join(self.chunks)
+        return self.body.content()
 
     def json_body(self) -> dict:
         return wire.loads_object(self.raw_body)
@@ -93,6 +84,29 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_finish(self) -> None:
         self.app.metrics.observe_request(self.route, self.get_status(), time.perf_counter() - self.started)
+
+
+class BoundedBody:
+    """A request body arriving in chunks: kept up to `limit` bytes; past that, read and dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.too_large = False
+
+    def add(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self.too_large = True
+            self.chunks.clear()
+        elif not self.too_large:
+            self.chunks.append(chunk)
+
+    def content(self) -> bytes:
+        if self.too_large:
+            raise PayloadTooLarge(f"body over {self.limit} bytes")
+        return b"".join(self.chunks)
 
 
 def request_id_for(incoming: str | None) -> str:

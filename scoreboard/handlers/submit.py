@@ -19,7 +19,7 @@ from tornado import httputil
 from .. import wire
 from ..errors import PayloadTooLarge, ScoreboardError
 from ..users import ClientInfo
-from .base import error_response, request_id_for
+from .base import BoundedBody, error_response, request_id_for
 
 log = logging.getLogger("scoreboard.http")
 SUBMIT_PATH = "/scores/update"
@@ -69,9 +69,7 @@ class SubmitMessage(httputil.HTTPMessageDelegate):
         self.app, self.connection = app, connection
         self.started = time.perf_counter()
         self.max_body = app.config.server.max_body_bytes
-        self.chunks: list[bytes] = []
-        self.received = 0
-        self.too_large = False
+        self.body = BoundedBody(self.max_body)
         self.closed = False
         self.answered = False
 
@@ -83,17 +81,12 @@ class SubmitMessage(httputil.HTTPMessageDelegate):
         length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             # Answered at once, as BaseHandler.prepare does; Tornado closes the connection afterwards.
-            self.too_large = self.answered = True
+            self.answered = True
             self._respond(*error_response(413, PayloadTooLarge(f"body over {self.max_body} bytes"),
                                           self.request_id))
 
     def data_received(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.max_body:
-            self.too_large = True
-            self.chunks.clear()
-        elif not self.too_large:
-            self.chunks.append(chunk)
+        self.body.add(chunk)
 
     def finish(self) -> None:
         if not self.answered:
@@ -115,12 +108,11 @@ class SubmitMessage(httputil.HTTPMessageDelegate):
         self._respond(status, headers, body)
 
     async def _submit(self) -> dict:
-        if self.too_large:
-            raise PayloadTooLarge(f"body over {self.max_body} bytes")
+        raw_body = self.body.content()
         headers = self.headers
         client = ClientInfo(self.connection.context.remote_ip or "", headers.get("User-Agent", "")[:256],
                             self.request_id)
-        result = await self.app.scores.submit(b"".join(self.chunks), headers.get("X-Signature"),
+        result = await self.app.scores.submit(raw_body, headers.get("X-Signature"),
                                               headers.get("Authorization"), client)
         self.app.metrics.count_submission("duplicate" if result["duplicate"] else "accepted")
         return result
