@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -256,6 +257,9 @@ def pin_cpus(cpus: set[int]) -> None:
 async def _serve(config: Config, args: argparse.Namespace) -> None:
     app = App(config, config_path=args.config)
     port = await app.start(args.port, args.host)
+    # What start-up built (modules, config, a rebuilt index) lives as long as the process: out of the
+    # collector's way, a full collection no longer walks it (measured: longest GC pause 27-35 -> 8-14 ms).
+    gc.freeze()
     log.info("listening", extra={"fields": {"host": args.host or config.server.host, "port": port,
                                             "database": config.database.url.split("://")[0],
                                             "redis": bool(config.redis.url)}})
