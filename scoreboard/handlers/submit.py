@@ -31,6 +31,7 @@ class Dispatcher(httputil.HTTPServerConnectionDelegate):
 
     def __init__(self, app: Any, web_app: httputil.HTTPServerConnectionDelegate) -> None:
         self.app, self.web_app = app, web_app
+        self.answering: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         return _Undecided(self, server_conn, request_conn)
@@ -48,7 +49,7 @@ class _Undecided(httputil.HTTPMessageDelegate):
 
     def headers_received(self, start_line, headers: httputil.HTTPHeaders):
         if start_line.method == "POST" and start_line.path.partition("?")[0] == SUBMIT_PATH:
-            self.target = SubmitMessage(self.dispatcher.app, self.request_conn)
+            self.target = SubmitMessage(self.dispatcher.app, self.request_conn, self.dispatcher.answering)
         else:
             self.target = self.dispatcher.web_app.start_request(self.server_conn, self.request_conn)
         return self.target.headers_received(start_line, headers)
@@ -65,8 +66,8 @@ class _Undecided(httputil.HTTPMessageDelegate):
 
 
 class SubmitMessage(httputil.HTTPMessageDelegate):
-    def __init__(self, app: Any, connection: httputil.HTTPConnection) -> None:
-        self.app, self.connection = app, connection
+    def __init__(self, app: Any, connection: httputil.HTTPConnection, answering: set[asyncio.Task]) -> None:
+        self.app, self.connection, self.answering = app, connection, answering
         self.started = time.perf_counter()
         self.max_body = app.config.server.max_body_bytes
         self.body = BoundedBody(self.max_body)
@@ -91,7 +92,9 @@ class SubmitMessage(httputil.HTTPMessageDelegate):
     def finish(self) -> None:
         if not self.answered:
             self.answered = True
-            asyncio.ensure_future(self._answer())
+            task = asyncio.ensure_future(self._answer())
+            self.answering.add(task)
+            task.add_done_callback(self.answering.discard)
 
     def on_connection_close(self) -> None:
         # The submission goes on (a commit must not be cut in half); only its answer has nowhere to go.
