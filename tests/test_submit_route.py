@@ -93,3 +93,30 @@ def _read_responses(sock: socket.socket, count: int) -> list[dict]:
         assert chunk, "the server closed the connection before answering every request"
         buffered += chunk
     return bodies
+
+
+def _audited_client(server, action_id: str) -> tuple[str, str, str]:
+    from scoreboard.store.models import AuditRecord
+
+    def read():
+        record = AuditRecord.get(AuditRecord.kind == "score.accepted", AuditRecord.after.contains(action_id))
+        return record.address, record.user_agent, record.request_id
+
+    return server.call(server.app.store.read(read))
+
+
+def test_the_audit_record_holds_the_clients_address_agent_and_request_id(server):
+    alice = Player(Http(server.url), "alice")
+    body = alice.body()
+    response = alice.send(encode(body), headers={"User-Agent": "game/1.0", "X-Request-Id": "r-1",
+                                                 "X-Real-Ip": "203.0.113.7"})
+    assert response.status == 200, response.raw
+    assert _audited_client(server, body["action_id"]) == ("127.0.0.1", "game/1.0", "r-1")  # not behind a proxy
+
+
+def test_behind_a_proxy_the_forwarded_address_is_the_clients(server_factory):
+    server = server_factory({"server": {"xheaders": True}})
+    alice = Player(Http(server.url), "alice")
+    body = alice.body()
+    assert alice.send(encode(body), headers={"X-Real-Ip": "203.0.113.7"}).status == 200
+    assert _audited_client(server, body["action_id"])[0] == "203.0.113.7"

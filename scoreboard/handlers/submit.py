@@ -77,6 +77,8 @@ class SubmitMessage(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line, headers: httputil.HTTPHeaders) -> None:
         self.path, self.headers = start_line.path, headers
         self.request_id = request_id_for(headers.get("X-Request-Id"))
+        # Read now: with server.xheaders the forwarded address is the connection's only until finish().
+        self.address = self.connection.context.remote_ip or ""
         # Past the limit the body is read and dropped; past 64x it is not read at all.
         self.connection.set_max_body_size(self.max_body * 64)
         length = headers.get("Content-Length")
@@ -113,8 +115,7 @@ class SubmitMessage(httputil.HTTPMessageDelegate):
     async def _submit(self) -> dict:
         raw_body = self.body.content()
         headers = self.headers
-        client = ClientInfo(self.connection.context.remote_ip or "", headers.get("User-Agent", "")[:256],
-                            self.request_id)
+        client = ClientInfo(self.address, headers.get("User-Agent", "")[:256], self.request_id)
         result = await self.app.scores.submit(raw_body, headers.get("X-Signature"),
                                               headers.get("Authorization"), client)
         self.app.metrics.count_submission("duplicate" if result["duplicate"] else "accepted")
