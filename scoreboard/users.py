@@ -8,6 +8,7 @@ the memory KV the copy lives `auth.session_cache_ms`, so processes sharing one d
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 
 import orjson
@@ -225,7 +226,10 @@ class Users:
         info = await self.store.read(_load_session_info, session_id)
         if info is None:
             return {"revoked": True}
-        await self.kv.set(_session_key(session_id), orjson.dumps(info), now, ttl_ms=self.config.session_cache_ms)
+        # 80-100% of the setting, never more: sessions cached together (a game's clients start together)
+        # would otherwise all be read again in the same instant, every time.
+        ttl_ms = self.config.session_cache_ms - random.randrange(self.config.session_cache_ms // 5 + 1)
+        await self.kv.set(_session_key(session_id), orjson.dumps(info), now, ttl_ms=max(1, ttl_ms))
         return info
 
     async def profile(self, principal: Principal) -> dict:

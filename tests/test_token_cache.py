@@ -75,3 +75,27 @@ def test_a_garbage_token_is_not_remembered(clocked):
     with pytest.raises(Unauthorized):
         server.call(server.app.users.principal("not.a.token"))
     assert server.app.users.verified == {}
+
+
+def test_a_cached_session_lives_80_to_100_percent_of_session_cache_ms_so_sessions_expire_apart(clocked, clock):
+    server, client = clocked
+    cache_ms = server.config.auth.session_cache_ms
+    login = register_and_login(client, "alice")
+    key = users_module._session_key(login["session_id"])
+    lifetimes = set()
+    for _ in range(12):
+        server.call(server.app.kv.delete(key))
+        start = clock.now_ms()
+        assert _me(client, login["access_token"]).status == 200  # caches the session afresh
+        lifetimes.add(_lifetime(server, key, start, cache_ms))
+
+    assert all(cache_ms * 0.8 <= lifetime <= cache_ms for lifetime in lifetimes), lifetimes
+    assert len(lifetimes) > 1  # spread, not one common instant
+
+
+def _lifetime(server, key: str, start: int, cache_ms: int) -> int:
+    """The first ms after `start` at which `key` is gone (probing upwards: an expired read may delete it)."""
+    at = start + int(cache_ms * 0.8) - 1
+    while at <= start + cache_ms + 1 and server.call(server.app.kv.get(key, at)) is not None:
+        at += 1
+    return at - start
