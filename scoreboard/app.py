@@ -109,7 +109,8 @@ class App:
             from .kv.memory import MemoryKV
             from .leaderboard.memory import MemoryIndex
 
-            self.kv, self.index, self.bus = MemoryKV(), MemoryIndex(), LocalBus(history)
+            self.kv, self.index = MemoryKV(), MemoryIndex()
+            self.bus = LocalBus(history, self.config.broadcast.history_ttl_s * 1000)
         self.closers[:0] = [self.bus.close, self.index.close, self.kv.close]
 
     async def _start_use_cases(self) -> None:

@@ -415,3 +415,64 @@ def test_a_redis_channel_without_ttl_keeps_its_keys(redis_buses, event_loop_runn
             assert await redis_buses.clients[0].pttl(key) == -1, key
 
     event_loop_runner(scenario())
+
+
+# ---- the memory bus forgets silent channels, as Redis expires them --------------------------------
+
+
+class _Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_silent_local_channel_without_listeners_is_forgotten_after_its_ttl(event_loop_runner):
+    async def scenario():
+        clock = _Monotonic()
+        bus = LocalBus(history_size=10, history_ttl_ms=60_000, monotonic=clock)
+        old = await bus.publish("user:1", b"1")
+        clock.now += 61
+        await bus.publish("user:2", b"1")  # any publish sweeps, at most every tenth of the ttl
+        assert await bus.history("user:1", old.epoch, 0) is None
+        epoch, offset = await bus.position("user:1")
+        fresh = await bus.publish("user:1", b"2")
+        return old, epoch, offset, fresh
+
+    old, epoch, offset, fresh = event_loop_runner(scenario())
+
+    assert epoch != old.epoch and offset == 0  # a new history, never the old offsets under its epoch
+    assert (fresh.epoch, fresh.offset) == (epoch, 1)
+
+
+def test_a_local_channel_with_a_listener_or_recent_events_is_kept(event_loop_runner):
+    async def scenario():
+        clock = _Monotonic()
+        bus = LocalBus(history_size=10, history_ttl_ms=60_000, monotonic=clock)
+        listened = await bus.publish("leaderboard:global", b"1")
+        await bus.subscribe("leaderboard:global", lambda event: None)
+        clock.now += 50
+        recent = await bus.publish("user:1", b"1")
+        clock.now += 20  # 70 s after the first, 20 s after the second
+        await bus.publish("user:2", b"1")
+        return (await bus.history("leaderboard:global", listened.epoch, 0),
+                await bus.history("user:1", recent.epoch, 0), listened, recent)
+
+    kept_listened, kept_recent, listened, recent = event_loop_runner(scenario())
+
+    assert kept_listened == [listened] and kept_recent == [recent]
+
+
+def test_a_local_channel_without_ttl_is_kept(event_loop_runner):
+    async def scenario():
+        clock = _Monotonic()
+        bus = LocalBus(history_size=10, monotonic=clock)
+        old = await bus.publish("user:1", b"1")
+        clock.now += 10 ** 6
+        await bus.publish("user:2", b"1")
+        return old, await bus.history("user:1", old.epoch, 0)
+
+    old, history = event_loop_runner(scenario())
+
+    assert history == [old]

@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -127,35 +128,48 @@ class Fanout:
 
 @dataclass
 class _Channel:
+    epoch: str
     ring: deque[Event]
+    touched: float  # when it last published or was asked its position (monotonic seconds)
     offset: int = 0
     fanout: Fanout = field(default_factory=Fanout)
 
 
 class LocalBus:
-    """Bus for a single process. History lives in memory, so a new bus means a new epoch."""
+    """Bus for a single process. History lives in memory, so a new bus means new epochs.
+
+    Each channel has its own epoch. A channel nobody here listens to that has been silent for
+    `history_ttl_ms` (0 = never) is forgotten, as RedisBus forgets one: per-user channels would otherwise
+    keep their history for as long as the process runs. Coming back, it starts over under a new epoch,
+    so a resubscribe gets a snapshot, never offsets of the old history read as the new one's."""
 
     shared = False
 
-    def __init__(self, history_size: int = 1000) -> None:
+    def __init__(self, history_size: int = 1000, history_ttl_ms: int = 0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
-        self.epoch = new_epoch()
         self._history_size = history_size
+        self._ttl_s = history_ttl_ms / 1000
+        self._monotonic = monotonic
+        self._swept = monotonic()
         self._channels: dict[str, _Channel] = {}
 
     def _channel(self, name: str) -> _Channel:
+        now = self._monotonic()
         channel = self._channels.get(name)
         if channel is None:
-            channel = self._channels[name] = _Channel(deque(maxlen=self._history_size))
+            channel = self._channels[name] = _Channel(new_epoch(), deque(maxlen=self._history_size), now)
+        channel.touched = now
         return channel
 
     async def publish(self, channel: str, payload: bytes) -> Event:
         state = self._channel(channel)
         state.offset += 1
-        event = Event(channel, self.epoch, state.offset, bytes(payload))
+        event = Event(channel, state.epoch, state.offset, bytes(payload))
         state.ring.append(event)
         state.fanout.deliver(event)
+        self._sweep(state.touched)
         return event
 
     async def subscribe(self, channel: str, listener: Listener) -> None:
@@ -167,19 +181,28 @@ class LocalBus:
             state.fanout.remove(listener)
 
     async def position(self, channel: str) -> tuple[str, int]:
-        state = self._channels.get(channel)
-        return self.epoch, state.offset if state else 0
+        state = self._channel(channel)  # created, so the epoch a subscriber is given stays the channel's
+        return state.epoch, state.offset
 
     async def history(self, channel: str, epoch: str, after: int) -> list[Event] | None:
-        if epoch != self.epoch:
-            return None
         state = self._channels.get(channel)
-        ring, offset = (state.ring, state.offset) if state else ((), 0)
-        missed = offset - after
+        if state is None or epoch != state.epoch:
+            return None
+        ring, missed = state.ring, state.offset - after
         # after > offset: a position this epoch never reached; missed > len: already dropped from the ring.
         if missed < 0 or missed > len(ring):
             return None
         return list(islice(ring, len(ring) - missed, None))
+
+    def _sweep(self, now: float) -> None:
+        """Forget silent channels without listeners; at most once per tenth of the time-to-live."""
+        if not self._ttl_s or now - self._swept < self._ttl_s / 10:
+            return
+        self._swept = now
+        silent = [name for name, state in self._channels.items()
+                  if not state.fanout and now - state.touched > self._ttl_s]
+        for name in silent:
+            del self._channels[name]
 
     async def close(self) -> None:
         for state in self._channels.values():
