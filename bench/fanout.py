@@ -43,7 +43,6 @@ import argparse
 import base64
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ from urllib.parse import urlparse
 import orjson
 
 from bench.loadgen import build_requests
-from bench.submit import BENCH_SETTINGS, LOOPBACK, POSTGRES_URL, REDIS_URL, ROOT, Child, _busy_over
+from bench.submit import BENCH_SETTINGS, LOOPBACK, POSTGRES_URL, REDIS_URL, ROOT, Child, _busy_over, start_py_spy
 from tests.harness import Http, Player, cleanup, free_port, merge, raw_config, register_and_login, to_toml
 
 TARGET_VS_TORNADO, TARGET_VS_WEBSOCKETS, TARGET_P99_MS, TARGET_KB = 3.5, 1.2, 250.0, 20.0
@@ -78,17 +77,6 @@ SERVERS = ("scoreboard", "tornado", "websockets")
 
 def default_rate(n: int) -> float:
     return max(1.0, min(MAX_RATE, FRAMES_PER_S / n))
-
-
-def start_py_spy(path: str, pid: int, seconds: float) -> subprocess.Popen:
-    """py-spy on every thread (not only the one holding the GIL: a send() runs without it)."""
-    exe = shutil.which("py-spy")
-    if exe is None:
-        raise SystemExit("--py-spy needs py-spy: pip install py-spy")
-    fmt = {".svg": "flamegraph", ".txt": "raw", ".json": "speedscope"}.get(Path(path).suffix, "flamegraph")
-    return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-                             "--rate", "250", "--format", fmt, "--output", path],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def vm_rss_kb(pid: int) -> int:
@@ -157,7 +145,8 @@ def drive(server: Child, plan: dict, workdir: Path, py_spy: str | None = None) -
                 rss_idle = vm_rss_kb(server.pid)
                 busy_before = _busy_over(0.5)
                 if py_spy:
-                    spy = start_py_spy(py_spy, server.pid, plan["warmup_s"] + plan["seconds"])
+                    # every thread, not only the one holding the GIL: a send() runs without it
+                    spy = start_py_spy(py_spy, server.pid, plan["warmup_s"] + plan["seconds"], gil_only=False)
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
             elif line.startswith("{"):

@@ -141,7 +141,7 @@ def load(url: str, players: list[dict], plan: dict, workdir: Path, pid: int,
             if line == "measuring":
                 cpu_start, machine_start, loop_start = _process_cpu(pid), _machine_cpu(), _process_cpu(pid, pid)
                 if py_spy:
-                    spy = _start_py_spy(py_spy, pid, plan.get("seconds", 10))
+                    spy = start_py_spy(py_spy, pid, plan.get("seconds", 10))
             elif line == "done":
                 cpu_end, machine_end, loop_end = _process_cpu(pid), _machine_cpu(), _process_cpu(pid, pid)
             elif line.startswith("{"):
@@ -186,13 +186,14 @@ def _busy_over(seconds: float) -> float:
     return _busy(start, _machine_cpu())
 
 
-def _start_py_spy(path: str, pid: int, seconds: float) -> subprocess.Popen:
+def start_py_spy(path: str, pid: int, seconds: float, gil_only: bool = True) -> subprocess.Popen:
+    """py-spy on the server: by default only the thread holding the GIL (where the one core of Python goes)."""
     exe = shutil.which("py-spy")
     if exe is None:
         raise SystemExit("--py-spy needs py-spy: pip install py-spy")
     fmt = {".svg": "flamegraph", ".txt": "raw", ".json": "speedscope"}.get(Path(path).suffix, "flamegraph")
     return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-                             "--rate", "250", "--gil", "--format", fmt, "--output", path],
+                             "--rate", "250", *(["--gil"] if gil_only else []), "--format", fmt, "--output", path],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
