@@ -228,18 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         config = load(args.config)
-    except ConfigError as exc:
-        print(f"scoreboard-server: {exc}", file=sys.stderr)
-        sys.exit(2)
-    logs.setup(config.server.log_level)
-    try:
         pin_cpus(config.server.cpus)
-    except ConfigError as exc:
-        print(f"scoreboard-server: {exc}", file=sys.stderr)
-        sys.exit(2)
-    try:
+        logs.setup(config.server.log_level)
         asyncio.run(_serve(config, args))
-    except NotMigrated as exc:
+    except (ConfigError, NotMigrated) as exc:  # one line and status 2: something to fix before starting
         print(f"scoreboard-server: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -237,7 +237,6 @@ class Hub:
             self._expiries[peer] = asyncio.get_running_loop().call_later(delay_s, self._expire, peer)
 
     def _expire(self, peer: Peer) -> None:
-        self._expiries.pop(peer, None)
         self.detach(peer)
         peer.close(UNAUTHORIZED_CLOSE, "token expired")
 
