@@ -216,23 +216,32 @@ def _flat(rows) -> list:
     return [value for row in rows for value in row]
 
 
+def _select(head: str, columns: tuple[str, ...], rest: str, params: list) -> list:
+    """The rows of `head SELECT columns rest`. SQLite hands them over as one JSON row: the sqlite3 module
+    lets go of the GIL around every row it steps to, and getting it back from a busy event loop cost more
+    per row than the query itself (psycopg2 receives all rows in one call)."""
+    db = Action._meta.database
+    if isinstance(db.obj, pw.SqliteDatabase):
+        sql = f"{head}SELECT json_group_array(json_array({', '.join(columns)})) {rest}"
+        return orjson.loads(db.execute_sql(sql, params).fetchone()[0])
+    return db.execute_sql(f"{head}SELECT {', '.join(columns)} {rest}", params).fetchall()
+
+
 def _find_actions(keys: set[tuple[int, str]]) -> dict[tuple[int, str], Action]:
     """The committed actions among (user_id, action_id) keys, with what a duplicate needs."""
-    sql = (_values(("user_id", "action_id"), len(keys)) + 'SELECT a."id", a."user_id", a."action_id", '
-           'a."body_hash", a."result" FROM v JOIN actions a ON a."user_id" = v.user_id AND a."action_id" = v.action_id')
-    rows = Action._meta.database.execute_sql(sql, _flat(keys)).fetchall()
+    rows = _select(_values(("user_id", "action_id"), len(keys)),
+                   ('a."id"', 'a."user_id"', 'a."action_id"', 'a."body_hash"', 'a."result"'),
+                   'FROM v JOIN actions a ON a."user_id" = v.user_id AND a."action_id" = v.action_id', _flat(keys))
     return {(row[1], row[2]): Action(id=row[0], body_hash=row[3], result=row[4]) for row in rows}
 
 
 def _locked_scores(keys: set[tuple[str, str, int]]) -> dict[tuple[str, str, int], tuple[int, int]]:
     """The stored score rows of the keys, locked on PostgreSQL (in key order, as other processes lock them)."""
-    db = Score._meta.database
-    sql = (_values(("board", "period", "user_id"), len(keys)) + 'SELECT s."board", s."period", s."user_id", '
-           's."score", s."reached_seq" FROM v JOIN scores s ON s."board" = v.board AND s."period" = v.period '
-           'AND s."user_id" = v.user_id')
-    if isinstance(db.obj, pw.PostgresqlDatabase):
-        sql += ' ORDER BY s."board", s."period", s."user_id" FOR UPDATE OF s'
-    rows = db.execute_sql(sql, _flat(keys)).fetchall()
+    rest = ('FROM v JOIN scores s ON s."board" = v.board AND s."period" = v.period AND s."user_id" = v.user_id')
+    if isinstance(Score._meta.database.obj, pw.PostgresqlDatabase):
+        rest += ' ORDER BY s."board", s."period", s."user_id" FOR UPDATE OF s'
+    rows = _select(_values(("board", "period", "user_id"), len(keys)),
+                   ('s."board"', 's."period"', 's."user_id"', 's."score"', 's."reached_seq"'), rest, _flat(keys))
     return {(row[0], row[1], row[2]): (row[3], row[4]) for row in rows}
 
 
@@ -242,13 +251,24 @@ _ACTION_COLUMNS = ("user_id", "session_id", "action_id", "body_hash", "board", "
 
 def _insert_actions(accepted: list[_Accepted]) -> None:
     """One INSERT of the batch's action rows (ids rise in queue order); sets each one's id."""
+    db = Action._meta.database
     columns = ", ".join(f'"{name}"' for name in _ACTION_COLUMNS)
-    sql = (f"INSERT INTO actions ({columns}) VALUES {rows_sql(len(accepted), len(_ACTION_COLUMNS))} "
-           'RETURNING "id", "user_id", "action_id"')
+    sql = f"INSERT INTO actions ({columns}) VALUES {rows_sql(len(accepted), len(_ACTION_COLUMNS))}"
     params = _flat((a.principal.user_id, a.principal.session_id, a.sub.action_id, a.sub.content_hash, a.sub.board.name,
                     a.period, a.sub.type, a.sub.points, a.sub.duration_ms, a.sub.seq, a.sub.ts, a.result, "accepted",
                     a.now) for a in accepted)
-    ids = {(row[1], row[2]): row[0] for row in Action._meta.database.execute_sql(sql, params).fetchall()}
+    if isinstance(db.obj, pw.SqliteDatabase):
+        # No RETURNING: each returned row would be a GIL hand-off (see _select). An AUTOINCREMENT key gives
+        # the rows of one INSERT consecutive ids in VALUES order, the last one being lastrowid.
+        cursor = db.execute_sql(sql, params)
+        if cursor.rowcount != len(accepted):
+            raise RuntimeError(f"inserted {cursor.rowcount} of {len(accepted)} action rows")
+        first = cursor.lastrowid - len(accepted) + 1
+        for offset, a in enumerate(accepted):
+            a.id = first + offset
+        return
+    rows = db.execute_sql(sql + ' RETURNING "id", "user_id", "action_id"', params).fetchall()
+    ids = {(row[1], row[2]): row[0] for row in rows}
     for a in accepted:
         a.id = ids[(a.principal.user_id, a.sub.action_id)]
 
@@ -284,13 +304,25 @@ def _advance_sessions(accepted: list[_Accepted]) -> None:
 
 
 def _usernames(user_ids: set[int]) -> dict[int, str]:
-    sql = f'SELECT "id", "username" FROM users WHERE "id" IN ({", ".join([User._meta.database.param] * len(user_ids))})'
-    return dict(User._meta.database.execute_sql(sql, list(user_ids)).fetchall())
+    rest = f'FROM users WHERE "id" IN ({", ".join([User._meta.database.param] * len(user_ids))})'
+    return dict(_select("", ('"id"', '"username"'), rest, list(user_ids)))
+
+
+RECORD_CHUNK = 1000  # rows per UPDATE: 2,000 parameters, well inside SQLite's limit
 
 
 def record_results(results: list[tuple[str, int]]) -> None:
-    for result, row_id in results:
-        _RECORD_RESULT.cursor(result, row_id)
+    """Store acknowledged results in their action rows: one UPDATE per chunk where the database can join a
+    VALUES list (each statement is a GIL hand-off for the writer thread), else one per row."""
+    if not batch_capable(Action._meta.database.obj):
+        for result, row_id in results:
+            _RECORD_RESULT.cursor(result, row_id)
+        return
+    for start in range(0, len(results), RECORD_CHUNK):
+        chunk = [(row_id, result) for result, row_id in results[start:start + RECORD_CHUNK]]
+        Action._meta.database.execute_sql(
+            _values(("id", "result"), len(chunk)) + 'UPDATE actions SET "result" = v.result FROM v '
+            'WHERE actions."id" = v.id', _flat(chunk))
 
 
 def find_action(user_id: int, action_id: str) -> Action | None:
