@@ -111,3 +111,30 @@ def test_a_connection_error_reaches_every_caller_of_the_batch():
     outcomes = asyncio.run(asyncio.wait_for(scenario(), 20))
 
     assert all(isinstance(outcome, redis.exceptions.ConnectionError) for outcome in outcomes), outcomes
+
+
+def test_commands_packed_by_hiredis_reach_redis_exactly_as_redis_py_would_send_them(run, prefix):
+    async def scenario(client, _name):
+        await client.mset({f"{prefix}text": "héllo wörld", f"{prefix}bytes": b"\x00\xff:raw",
+                           f"{prefix}int": 42, f"{prefix}float": 1.5})
+        await client.set(f"{prefix}view", memoryview(b"viewed"))
+        await client.set(f"{prefix}array", bytearray(b"arrayed"))
+        values = await client.mget(*(f"{prefix}{name}" for name in ("text", "bytes", "int", "float", "view", "array")))
+        return values, await client.config_get("maxmemory-policy")  # a command name of two words
+
+    values, config = run(scenario)
+
+    assert values == ["héllo wörld".encode(), b"\x00\xff:raw", b"42", b"1.5", b"viewed", b"arrayed"]
+    assert set(config) == {"maxmemory-policy"}
+
+
+def test_an_argument_redis_cannot_take_is_refused_before_anything_is_sent(run, prefix):
+    async def scenario(client, _name):
+        outcomes = await asyncio.gather(client.set(f"{prefix}flag", True), client.set(f"{prefix}none", None),
+                                        return_exceptions=True)
+        return outcomes, await client.exists(f"{prefix}flag", f"{prefix}none")
+
+    outcomes, stored = run(scenario)
+
+    assert all(isinstance(outcome, redis.exceptions.DataError) for outcome in outcomes), outcomes
+    assert stored == 0
