@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from scoreboard.errors import RateLimited
 
 if TYPE_CHECKING:  # kv sits below this module; only its types are needed here
-    from scoreboard.kv import KV, RateDecision
+    from scoreboard.kv import KV, LimitSpec, RateDecision
 
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _SPEC = re.compile(r"\s*(\d+)\s*/\s*([smhd])\s*")
@@ -37,13 +37,24 @@ class Limit:
         return cls(rate, _UNIT_MS[match[2]], rate if burst is None else burst)
 
 
+async def check_all(kv: KV, limits: list[LimitSpec], now_ms: int) -> None:
+    """Count one request against each limit in turn, in one KV step; raise RateLimited for the first that
+    refuses (the ones before it stay counted, the ones after it are not)."""
+    decisions = await kv.rate_limits(limits, now_ms)
+    _refuse_unless_allowed(decisions[-1])
+
+
 async def check(kv: KV, key: str, limit: Limit, now_ms: int, cost: int = 1) -> RateDecision:
     """Count one request (of weight `cost`) against `limit`; raise RateLimited when over it."""
     if cost > limit.burst:
         # GCRA could never allow it, and a Retry-After would promise otherwise.
         raise ValueError(f"cost {cost} exceeds the burst of {limit}")
     decision = await kv.rate_limit(key, limit.rate, limit.period_ms, limit.burst, now_ms, cost)
+    _refuse_unless_allowed(decision)
+    return decision
+
+
+def _refuse_unless_allowed(decision: RateDecision) -> None:
     if not decision.allowed:
         raise RateLimited(retry_after_s=-(-decision.retry_after_ms // 1000), limit=decision.limit,
                           remaining=decision.remaining)
-    return decision

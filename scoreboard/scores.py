@@ -16,10 +16,10 @@ import orjson
 from . import ledger, rules, signing, wire
 from .clock import Clock
 from .config import Config
-from .errors import OutOfSequence, Replay, ScoreRejected, StaleTimestamp, Unavailable
+from .errors import OutOfSequence, Replay, ScoreboardError, ScoreRejected, StaleTimestamp, Unavailable
 from .kv import KV, LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
 from .leaderboard import Entry, Index
-from .ratelimit import Limit, check
+from .ratelimit import Limit, check_all
 from .store.db import Store
 from .users import ClientInfo, Principal, Users
 
@@ -49,9 +49,7 @@ class Scores:
     async def submit(self, raw_body: bytes, signature: str | None, authorization: str | None,
                      client: ClientInfo) -> dict:
         now = self.clock.now_ms()
-        await check(self.kv, f"rl:a:{client.address}", self.per_address, now)
-        principal = await self.users.authenticate(authorization)
-        await check(self.kv, f"rl:u:{principal.user_id}", self.per_user, now)
+        principal = await self._admitted(authorization, client, now)
         signing.verify(principal.session_key, raw_body, signature)
         sub = rules.parse(wire.loads_object(raw_body), self.config)
         try:  # checked now, raised in its turn below: it decides whether reserve counts the rule's limit
@@ -84,6 +82,18 @@ class Scores:
         if committed.duplicate_result is not None:
             return await self._with_rank(committed.duplicate_result, principal.user_id, sub)
         return await self._publish(principal, sub, committed, now)
+
+    async def _admitted(self, authorization: str | None, client: ClientInfo, now: int) -> Principal:
+        """Auth and the gateway limits: once the caller is known both limits are counted in one KV step.
+        A request that auth refuses still counts against its address, and a 429 still comes first."""
+        per_address = _spec(f"rl:a:{client.address}", self.per_address)
+        try:
+            principal = await self.users.authenticate(authorization)
+        except ScoreboardError:
+            await check_all(self.kv, [per_address], now)
+            raise
+        await check_all(self.kv, [per_address, _spec(f"rl:u:{principal.user_id}", self.per_user)], now)
+        return principal
 
     # ---- freshness ------------------------------------------------------------------------------
 
@@ -216,6 +226,10 @@ class Scores:
         _log_failure(future)
         if self.unrecorded:
             self._record_unrecorded()
+
+
+def _spec(key: str, limit: Limit) -> LimitSpec:
+    return LimitSpec(key, limit.rate, limit.period_ms, limit.burst)
 
 
 def _log_failure(future: asyncio.Future) -> None:

@@ -176,6 +176,36 @@ def test_rate_limit_concurrent_calls_allow_exactly_burst(kv, run):
     assert sum(d.allowed for d in decisions) == 10
 
 
+def test_rate_limits_count_each_limit_exactly_as_rate_limit_does(kv, run):
+    limits = [LimitSpec("a", 5, 1000, 5), LimitSpec("u", 3, 1000, 3)]
+    together = [run(kv.rate_limits(limits, NOW)) for _ in range(3)]
+    twins = [[run(kv.rate_limit(f"twin-{limit.key}", limit.rate, limit.period_ms, limit.burst, NOW))
+              for limit in limits] for _ in range(3)]
+    assert together == twins
+
+
+def test_rate_limits_stop_at_the_first_refusal_and_leave_the_rest_uncounted(kv, run):
+    first, second = LimitSpec("first", 1, 1000, 1), LimitSpec("second", 5, 1000, 5)
+    run(kv.rate_limit("first", 1, 1000, 1, NOW))  # first is now spent
+    decisions = run(kv.rate_limits([first, second], NOW))
+    assert [d.allowed for d in decisions] == [False]
+    assert run(kv.rate_limit("second", 5, 1000, 5, NOW)).remaining == 4  # never counted
+
+
+def test_rate_limits_before_a_refusal_stay_counted(kv, run):
+    counted, spent = LimitSpec("counted", 5, 1000, 5), LimitSpec("spent", 1, 1000, 1)
+    run(kv.rate_limit("spent", 1, 1000, 1, NOW))
+    decisions = run(kv.rate_limits([counted, spent], NOW))
+    assert [d.allowed for d in decisions] == [True, False]
+    assert run(kv.rate_limit("counted", 5, 1000, 5, NOW)).remaining == 3
+
+
+def test_rate_limits_concurrent_calls_allow_exactly_burst(kv, run):
+    limits = [LimitSpec("wide", 100, 1000, 100), LimitSpec("narrow", 10, 1000, 10)]
+    outcomes = run(_gather(*(kv.rate_limits(limits, NOW) for _ in range(11))))
+    assert sum(decisions[-1].allowed for decisions in outcomes) == 10
+
+
 # advance / retreat
 
 

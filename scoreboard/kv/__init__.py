@@ -36,6 +36,11 @@ class KV(Protocol):
                          cost: int = 1) -> RateDecision:
         """GCRA: `rate` requests per `period_ms` with `burst` allowed at once; atomic under concurrency."""
 
+    async def rate_limits(self, limits: list[LimitSpec], now_ms: int) -> list[RateDecision]:
+        """`rate_limit` of one request against each limit in turn, as one atomic step, stopping at the first
+        that refuses: returns the decisions made, the refusing one last. The limits before it stay counted,
+        as separate calls would have left them; the ones after it are not counted."""
+
     async def advance(self, key: str, value: int, now_ms: int, ttl_ms: int) -> int | None:
         """Raise the stored integer to `value` if `value` is greater; return the previous value
         (None when absent) on success, or raise `NotGreater` with the current value."""

@@ -42,6 +42,14 @@ class MemoryKV:
                          cost: int = 1) -> RateDecision:
         return self._rate_limit(key, rate, period_ms, burst, now_ms, cost)
 
+    async def rate_limits(self, limits: list[LimitSpec], now_ms: int) -> list[RateDecision]:
+        decisions = []
+        for limit in limits:
+            decisions.append(self._rate_limit(limit.key, limit.rate, limit.period_ms, limit.burst, now_ms, 1))
+            if not decisions[-1].allowed:
+                break
+        return decisions
+
     def _rate_limit(self, key: str, rate: int, period_ms: int, burst: int, now_ms: int, cost: int) -> RateDecision:
         stored = self._live(key, now_ms)
         tat_us = int(stored) if stored is not None else 0

@@ -70,6 +70,19 @@ _RATE_LIMIT = _LUA_HELPERS + _GCRA + """
 return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
 
+# KEYS: limits; ARGV: now_ms, then interval_us and tolerance_us of each -> gcra's 4 per limit, up to the first
+# refusal
+_RATE_LIMITS = _LUA_HELPERS + _GCRA + """
+local now = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local d = gcra(key, now, tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1]), 1)
+  for _, value in ipairs(d) do out[#out + 1] = value end
+  if d[1] == 0 then break end
+end
+return out
+"""
+
 # ARGV: value, now_ms, ttl_ms -> {1, previous?} stored, {0, current} not greater
 _ADVANCE = _LUA_HELPERS + """
 local now = tonumber(ARGV[2])
@@ -126,6 +139,7 @@ class RedisKV:
         self._prefix = prefix
         self._set_nx = client.register_script(_SET_NX)
         self._rate_limit = client.register_script(_RATE_LIMIT)
+        self._rate_limits = client.register_script(_RATE_LIMITS)
         self._advance = client.register_script(_ADVANCE)
         self._retreat = client.register_script(_RETREAT)
         self._reserve = client.register_script(_RESERVE)
@@ -164,6 +178,15 @@ class RedisKV:
         allowed, remaining, retry_after, reset_after = await self._rate_limit(
             keys=[self._prefix + key], args=args)
         return RateDecision(bool(allowed), burst, remaining, retry_after, reset_after)
+
+    @_unavailable_when_down
+    async def rate_limits(self, limits: list[LimitSpec], now_ms: int) -> list[RateDecision]:
+        args = [now_ms]
+        for limit in limits:
+            args.extend(_gcra_args(limit.rate, limit.period_ms, limit.burst))
+        reply = await self._rate_limits(keys=[self._prefix + limit.key for limit in limits], args=args)
+        return [RateDecision(bool(reply[i]), limit.burst, reply[i + 1], reply[i + 2], reply[i + 3])
+                for i, limit in zip(range(0, len(reply), 4), limits, strict=False)]  # up to the refusal
 
     @_unavailable_when_down
     async def advance(self, key: str, value: int, now_ms: int, ttl_ms: int) -> int | None:
