@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -71,6 +71,7 @@ class Run:
     machine_busy: float  # share of all cores busy during the measured phase
     busy_before: float  # share of all cores busy in the second before the run: others' load on the machine
     loop_cpu: float = 0.0  # the server's main thread (its event loop), share of one core; the rest is its threads
+    services_cpu: dict[str, float] = field(default_factory=dict)  # redis-server, postgres: share of one core
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -140,10 +141,12 @@ def load(url: str, players: list[dict], plan: dict, workdir: Path, pid: int,
             line = line.strip()
             if line == "measuring":
                 cpu_start, machine_start, loop_start = _process_cpu(pid), _machine_cpu(), _process_cpu(pid, pid)
+                services_start = _services_cpu()
                 if py_spy:
                     spy = start_py_spy(py_spy, pid, plan.get("seconds", 10))
             elif line == "done":
                 cpu_end, machine_end, loop_end = _process_cpu(pid), _machine_cpu(), _process_cpu(pid, pid)
+                services_end = _services_cpu()
             elif line.startswith("{"):
                 result = orjson.loads(line)
         if proc.wait() != 0 or result is None:
@@ -158,7 +161,9 @@ def load(url: str, players: list[dict], plan: dict, workdir: Path, pid: int,
     server_cpu = (cpu_end - cpu_start) / elapsed if cpu_start is not None and cpu_end is not None else 0.0
     busy = _busy(machine_start, machine_end) if machine_start and machine_end else 0.0
     loop_cpu = (loop_end - loop_start) / elapsed if cpu_start is not None and cpu_end is not None else 0.0
-    return Run(result, server_cpu, busy, busy_before, loop_cpu)
+    services = {name: (services_end[name] - services_start.get(name, 0.0)) / elapsed for name in services_end} \
+        if cpu_start is not None and cpu_end is not None else {}
+    return Run(result, server_cpu, busy, busy_before, loop_cpu, services)
 
 
 def _process_cpu(pid: int, thread: int | None = None) -> float:
@@ -166,6 +171,28 @@ def _process_cpu(pid: int, thread: int | None = None) -> float:
     with open(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SERVICES = ("redis-server", "postgres")
+
+
+def _services_cpu() -> dict[str, float]:
+    """User + system CPU seconds of every redis-server and postgres process on the machine, by name.
+    A process that ends meanwhile takes its seconds with it: an estimate from below."""
+    totals = dict.fromkeys(SERVICES, 0.0)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                head, _, rest = f.read().rpartition(")")
+        except OSError:  # gone meanwhile
+            continue
+        name = head.partition("(")[2]
+        if name in totals:
+            fields = rest.split()
+            totals[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return totals
 
 
 def _machine_cpu() -> tuple[int, int]:
@@ -267,6 +294,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> bool:
                 notes.append(f"{run.exhausted} clients ran out of pre-built requests (raise --max-rps)")
             per_request = run.elapsed_s / run.measured * 1000 if run.measured else 0.0
             cpu_ms, loop_ms = run.server_cpu * per_request, run.loop_cpu * per_request
+            if name == "scoreboard":
+                _print_cpu_budget(row["backend"], run, per_request, TARGET_RATIO * row["hello"].rps)
             print(f"  {row['backend']}/{name}: {run.measured:,} measured in {run.elapsed_s:.2f} s, "
                   f"max {run.max_ms:.1f} ms, server CPU {cpu_ms:.2f} ms per request "
                   f"({loop_ms:.2f} event loop, {cpu_ms - loop_ms:.2f} other threads), "
@@ -280,6 +309,17 @@ def report(rows: list[dict], args: argparse.Namespace) -> bool:
         if row["py_spy"]:
             print(f"  {row['backend']}: py-spy profile of the measured phase in {row['py_spy']}")
     return all_met
+
+
+def _print_cpu_budget(backend: str, run: Run, per_request: float, target_rps: float) -> None:
+    """Where the machine's CPU went per request, and how many cores the target rate would take at that cost."""
+    machine_ms = run.machine_busy * (os.cpu_count() or 1) * per_request
+    parts = [("server", run.server_cpu), ("load generator", run.loadgen_cpu_s / run.elapsed_s),
+             *sorted((name, share) for name, share in run.services_cpu.items() if share * per_request >= 0.005)]
+    print(f"  {backend}/scoreboard: machine CPU {machine_ms:.2f} ms per request ("
+          + ", ".join(f"{who} {share * per_request:.2f}" for who, share in parts)
+          + f"); {target_rps:,.0f} req/s (the target) at that cost would take "
+            f"{target_rps * machine_ms / 1000:.2f} of {os.cpu_count()} cores")
 
 
 def main(argv: list[str] | None = None) -> None:
