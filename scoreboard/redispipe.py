@@ -6,15 +6,22 @@ flight at once. Commands issued by any coroutine before the loop's next turn go 
 connection, in issue order, and each caller gets its own reply or its own error, as if it had sent the
 command alone: a script's NOSCRIPT, a wrong type, a connection error for all of that batch. Blocking and
 subscribing commands go out alone. Transactions (`pipeline(transaction=True)`) are unchanged.
-"""
 
+A batch is written and its replies read directly on a pooled connection (`Redis.parse_response` applies
+redis-py's reply callbacks), under one deadline of the client's socket_timeout for the whole batch instead
+of a timer per reply: redis-py's Pipeline spent about as much of the event loop as the commands' own work.
+A batch whose connection fails before its first reply arrives is sent once more on a fresh connection (as
+redis-py's own retry does); once a reply has been read nothing is sent again.
+"""
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import DataError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 try:  # redis-py parses replies with hiredis when it is installed, but packs asyncio commands in Python
     import hiredis
@@ -52,35 +59,58 @@ class AutoPipelineRedis(redis.asyncio.Redis):
     def _flush(self) -> None:
         self._flush_scheduled = False
         batch, self._queued = self._queued, []
-        task = asyncio.ensure_future(self._send_one(batch[0]) if len(batch) == 1 else self._send_many(batch))
+        task = asyncio.ensure_future(self._send(batch))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _send_one(self, queued: _Queued) -> None:
-        args, options, future = queued
+    async def _send(self, batch: list[_Queued]) -> None:
+        pool = self.connection_pool
         try:
-            result = await super().execute_command(*args, **options)
-        except BaseException as exc:  # handed to the caller, who sees it as if it had sent the command
-            _settle(future, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        else:
-            _settle(future, result)
-
-    async def _send_many(self, batch: list[_Queued]) -> None:
-        pipe = self.pipeline(transaction=False)
-        for args, options, _ in batch:
-            pipe.execute_command(*args, **options)
-        try:
-            results = await pipe.execute(raise_on_error=False)
+            connection = await pool.get_connection()
         except BaseException as exc:
-            for _, _, future in batch:
-                _settle(future, exc)
+            _settle_all(batch, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
-            _settle(future, result)
+        deadline, connection.socket_timeout = connection.socket_timeout, None  # one deadline, not one per reply
+        try:
+            async with asyncio.timeout(deadline):
+                await self._exchange(connection, batch)
+        except BaseException as exc:
+            await connection.disconnect(nowait=True)  # replies may be left unread on it
+            _settle_all(batch, RedisTimeoutError("redis did not answer in time")
+                        if isinstance(exc, TimeoutError) else exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            connection.socket_timeout = deadline
+            await pool.release(connection)
+
+    async def _exchange(self, connection: Any, batch: list[_Queued]) -> None:
+        packed = connection.pack_commands([args for args, _, _ in batch])
+        try:
+            await connection.send_packed_command(packed)
+            _settle(batch[0][2], await self._reply(connection, batch[0]))
+        except (RedisConnectionError, OSError):
+            # Lost before any reply (most often a connection Redis closed while it sat in the pool): sent
+            # once more on a fresh connection, as redis-py's own retry would.
+            await connection.disconnect(nowait=True)
+            await connection.send_packed_command(packed)
+            _settle(batch[0][2], await self._reply(connection, batch[0]))
+        for queued in batch[1:]:
+            _settle(queued[2], await self._reply(connection, queued))
+
+    async def _reply(self, connection: Any, queued: _Queued) -> Any:
+        args, options, _ = queued
+        try:
+            return await self.parse_response(connection, args[0], **options)
+        except ResponseError as exc:  # this command's own error; the connection is fine
+            return exc
+
+
+def _settle_all(batch: list[_Queued], outcome: BaseException) -> None:
+    for _, _, future in batch:
+        _settle(future, outcome)
 
 
 def _settle(future: asyncio.Future, outcome: Any) -> None:

@@ -138,3 +138,46 @@ def test_an_argument_redis_cannot_take_is_refused_before_anything_is_sent(run, p
 
     assert all(isinstance(outcome, redis.exceptions.DataError) for outcome in outcomes), outcomes
     assert stored == 0
+
+
+def test_a_batch_outliving_the_socket_timeout_fails_for_each_caller_and_the_client_goes_on(prefix):
+    # A 300 ms Lua loop keeps Redis busy past the client's 100 ms deadline for the batch behind it.
+    busy = "local t = redis.call('TIME') local start = t[1] * 1e6 + t[2] " \
+           "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - start > 300000 return 1"
+
+    async def scenario():
+        blocker = redis.asyncio.Redis.from_url(require_redis())
+        client = AutoPipelineRedis.from_url(require_redis(), socket_timeout=0.1)
+        try:
+            await client.ping()  # the pooled connection exists before Redis gets busy
+            hold = asyncio.ensure_future(blocker.eval(busy, 0))
+            await asyncio.sleep(0.05)
+            late = await asyncio.gather(client.incr(f"{prefix}late"), client.get(f"{prefix}late"),
+                                        return_exceptions=True)
+            await hold
+            return late, await client.incr(f"{prefix}after")
+        finally:
+            await asyncio.gather(client.aclose(), blocker.aclose())
+
+    late, after = asyncio.run(asyncio.wait_for(scenario(), 20))
+
+    assert all(isinstance(outcome, redis.exceptions.TimeoutError) for outcome in late), late
+    assert after == 1
+
+
+def test_a_connection_redis_dropped_while_idle_is_replaced_before_the_next_batch(run, prefix):
+    async def scenario(client, name):
+        await client.incr(f"{prefix}n")
+        observer = redis.asyncio.Redis.from_url(require_redis())
+        try:
+            ids = [c["id"] for c in await observer.client_list() if c.get("name") == name]
+            for client_id in ids:
+                await observer.client_kill_filter(_id=client_id)
+        finally:
+            await observer.aclose()
+        return len(ids), await asyncio.gather(*(client.incr(f"{prefix}n") for _ in range(3)))
+
+    killed, replies = run(scenario)
+
+    assert killed == 1
+    assert sorted(replies) == [2, 3, 4]
