@@ -13,6 +13,7 @@ of a timer per reply: redis-py's Pipeline spent about as much of the event loop 
 A batch whose connection fails before its first reply arrives is sent once more on a fresh connection (as
 redis-py's own retry does); once a reply has been read nothing is sent again.
 """
+
 from __future__ import annotations
 
 import asyncio
