@@ -24,6 +24,13 @@ def test_an_accepted_submission_has_the_json_and_cache_headers(server):
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
 
 
+def test_requests_without_an_id_each_get_their_own(server):
+    alice = Player(Http(server.url), "alice")
+    ids = {alice.submit().headers["x-request-id"] for _ in range(5)}
+    ids.add(Http(server.url).get("/leaderboards").headers["x-request-id"])
+    assert len(ids) == 6 and all(re.fullmatch(r"[0-9a-f]{32}", request_id) for request_id in ids)
+
+
 def test_a_client_request_id_is_echoed_on_success_and_in_errors(server):
     alice = Player(Http(server.url), "alice")
     ok = alice.send(encode(alice.body()), headers={"X-Request-Id": "game-42.retry_1"})

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import re
 import time
-import uuid
 from typing import Any
 
 import tornado.web
@@ -16,6 +17,10 @@ from ..users import ClientInfo, Principal
 
 log = logging.getLogger("scoreboard.http")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Request ids correlate logs and audit records; they are not secrets. 128 bits from a generator seeded
+# from os.urandom, instead of uuid4's system call on every request (~9 us here).
+_REQUEST_IDS = random.Random()
+os.register_at_fork(after_in_child=_REQUEST_IDS.seed)  # a forked process draws its own ids
 TORNADO_CODES = {400: InvalidRequest, 404: NotFound, 405: InvalidRequest, 413: PayloadTooLarge}
 
 
@@ -69,7 +74,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
         if not hasattr(self, "request_id"):
-            self.request_id = uuid.uuid4().hex
+            self.request_id = request_id_for(None)
         # send_error() cleared the headers prepare() set, so the id goes on again here.
         status, headers, body = error_response(status_code, exc_info[1] if exc_info else None, self.request_id)
         self.set_status(status)
@@ -111,7 +116,7 @@ class BoundedBody:
 
 def request_id_for(incoming: str | None) -> str:
     """The client's X-Request-Id when it is a sane token, else a fresh one."""
-    return incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+    return incoming if incoming and REQUEST_ID_RE.fullmatch(incoming) else f"{_REQUEST_IDS.getrandbits(128):032x}"
 
 
 def error_response(status_code: int, exc: BaseException | None, request_id: str) -> tuple[int, dict[str, str], bytes]:

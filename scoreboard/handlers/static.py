@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
 import tornado.web
 
-from .base import REQUEST_ID_RE, BaseHandler
+from .base import BaseHandler, request_id_for
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PAGE_POLICY = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
@@ -35,8 +34,7 @@ class StaticHandler(tornado.web.StaticFileHandler):
         super().initialize(path, default_filename)
 
     def prepare(self) -> None:
-        incoming = self.request.headers.get("X-Request-Id", "")
-        self.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+        self.request_id = request_id_for(self.request.headers.get("X-Request-Id"))
         self.set_header("X-Request-Id", self.request_id)
 
     def set_extra_headers(self, path: str) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import struct
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ import tornado.websocket
 
 from .. import wire
 from ..errors import InvalidRequest, ScoreboardError, Unauthorized, Unavailable
+from .base import request_id_for
 
 # 4003 (forbidden) is never used: an ACL refusal is an error frame and the connection stays open.
 CLOSE_UNAUTHORIZED, CLOSE_TOO_SLOW, CLOSE_RATE_LIMITED = 4001, 4008, 4029
@@ -73,7 +73,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.received = 0
         self.tokens = float(self.limits.max_messages_per_s)
         self.refilled = self.opened = time.monotonic()
-        self.request_id = uuid.uuid4().hex
+        self.request_id = request_id_for(None)
 
     # ---- upgrade --------------------------------------------------------------------------------
 
