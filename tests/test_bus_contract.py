@@ -485,18 +485,3 @@ def test_epochs_are_twelve_hex_digits_and_never_repeat_in_a_process():
     assert len(epochs) == 10_000
     assert all(len(epoch) == 12 and int(epoch, 16) >= 0 for epoch in epochs)
 
-
-def test_a_forked_process_draws_other_epochs_than_its_parent():
-    import os
-
-    from scoreboard.bus.local import new_epoch
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its next epochs, then gone without running the parent's cleanup
-        os.write(write, ",".join(new_epoch() for _ in range(5)).encode())
-        os._exit(0)
-    os.close(write)
-    child = os.read(read, 1000).decode().split(",")
-    os.waitpid(pid, 0)
-    assert set(child).isdisjoint({new_epoch() for _ in range(5)})

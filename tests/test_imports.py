@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "scoreboard"
 ROWS = [
-    {"errors", "config", "wire", "clock"},
+    {"errors", "config", "wire", "clock", "ids"},
     {"signing", "auth", "ratelimit", "rules", "anticheat", "redispipe"},
     {"leaderboard", "bus", "kv", "store"},
     {"scores", "ledger", "audit", "hub", "users", "boards"},

@@ -20,27 +20,20 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import islice
 
+from ..ids import random_hex
 from . import Event, Listener
 
 log = logging.getLogger(__name__)
 
 
-# Epochs must differ from a channel's earlier ones, not be secret: 48 bits from a generator seeded from
-# os.urandom, as uuid4 would give, without the system call uuid4 makes on every publish.
-_EPOCHS = random.Random()
-os.register_at_fork(after_in_child=_EPOCHS.seed)  # a forked process draws its own sequence
-
-
 def new_epoch() -> str:
-    return f"{_EPOCHS.getrandbits(48):012x}"
+    return random_hex(48)  # RedisBus sends a candidate with every publish: no system call per id
 
 
 class _Mailbox:
