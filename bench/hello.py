@@ -13,6 +13,8 @@ import signal
 
 import tornado.web
 
+from scoreboard.config import ServerConfig
+
 BODY = b'{"accepted": true, "duplicate": false}'
 
 
@@ -42,8 +44,8 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--cpu", default="", help="pin to these CPUs (comma-separated), as server.cpu_affinity does")
     args = parser.parse_args()
-    if args.cpu:
-        os.sched_setaffinity(0, {int(cpu) for cpu in args.cpu.split(",")})
+    if args.cpu:  # parsed as server.cpu_affinity is; only the small config module, not the app, is imported
+        os.sched_setaffinity(0, ServerConfig(cpu_affinity=args.cpu).cpus)
     if args.uvloop:
         import uvloop
 

@@ -168,9 +168,15 @@ def load(url: str, players: list[dict], plan: dict, workdir: Path, pid: int,
 
 def _process_cpu(pid: int, thread: int | None = None) -> float:
     """User + system CPU seconds of a process (all its threads), or of one of its threads."""
-    with open(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")[1]
+
+
+def _stat(path: str) -> tuple[str, float]:
+    """A /proc stat file's command name and user + system CPU seconds."""
+    with open(path) as f:
+        head, _, rest = f.read().rpartition(")")
+    fields = rest.split()
+    return head.partition("(")[2], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 SERVICES = ("redis-server", "postgres")
@@ -184,14 +190,11 @@ def _services_cpu() -> dict[str, float]:
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                head, _, rest = f.read().rpartition(")")
+            name, seconds = _stat(f"/proc/{entry.name}/stat")
         except OSError:  # gone meanwhile
             continue
-        name = head.partition("(")[2]
         if name in totals:
-            fields = rest.split()
-            totals[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            totals[name] += seconds
     return totals
 
 
