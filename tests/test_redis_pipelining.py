@@ -151,7 +151,7 @@ def test_a_batch_outliving_the_socket_timeout_fails_for_each_caller_and_the_clie
         try:
             await client.ping()  # the pooled connection exists before Redis gets busy
             hold = asyncio.ensure_future(blocker.eval(busy, 0))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # no event says Redis has begun the script: 50 of its 300 ms as margin
             late = await asyncio.gather(client.incr(f"{prefix}late"), client.get(f"{prefix}late"),
                                         return_exceptions=True)
             await hold
