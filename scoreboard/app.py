@@ -71,7 +71,7 @@ class App:
         db_config = self.config.database
         self.store = Store(open_database(db_config.url, db_config.timeout_s), db_config.read_threads,
                            db_config.group_commit_max)
-        self.closers.append(self.store.close)
+        self.closers += [self.store.stop_process, self.store.close]
         await self.store.read(self._check_schema)
         self.metrics.watch_writer(self.store.stats)
 
@@ -119,6 +119,10 @@ class App:
                              self.boards.stale)
         self.hub = Hub(self.config, self.bus, self.kv, self.index, self.boards, self.users, self.clock, self.metrics)
         self.scores.accepted_listeners += [self.boards.on_accepted, self.hub.on_accepted]
+        db_config = self.config.database
+        if db_config.writer == "process" and ":memory:" not in db_config.url:
+            await self.store.start_process(db_config.url, db_config.timeout_s, self.config.server.cpus)
+            self.store.process.lost_listeners.append(self.scores.on_writes_lost)
         self.users.revoked_listeners.append(self.hub.announce_revoked)
         await self.bus.subscribe(REVOCATIONS_CHANNEL, self.hub.on_revoked)
         self.closers.insert(0, self.hub.close)  # before the bus: close WebSockets (1001), stop ticks

@@ -46,6 +46,7 @@ class DatabaseConfig:
     read_threads: int = 2
     group_commit_max: int = 256
     timeout_s: float = 5.0
+    writer: str = "process"
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,7 @@ def _check_action(rule: ActionRule) -> None:
 
 def _check(config: Config) -> None:
     _one_of("database.migrate_on_start", config.database.migrate_on_start, ("never", "empty", "always"))
+    _one_of("database.writer", config.database.writer, ("process", "thread"))
     if not config.database.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError("database.url", "must start with sqlite:/// or postgresql://")
     if config.redis.url and not config.redis.url.startswith(("redis://", "rediss://", "unix://")):

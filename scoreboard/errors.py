@@ -15,6 +15,11 @@ class ScoreboardError(Exception):
         self.message = message or self.code.replace("_", " ")
         self.extra = extra
 
+    def __reduce__(self):
+        # Rebuilt from its state, not its constructor (whose arguments differ per class): the writer
+        # process sends refusals back pickled.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
     def body(self, request_id: str) -> dict:
         error = {"code": self.code, "message": self.message, "request_id": request_id}
         error.update(self.extra)
@@ -22,6 +27,13 @@ class ScoreboardError(Exception):
 
     def headers(self) -> dict[str, str]:
         return {}
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> ScoreboardError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidRequest(ScoreboardError):

@@ -125,6 +125,7 @@ _RECORD_RESULT = Statement(lambda result, row_id: Action.update(result=result).w
 
 
 SCORE_BATCH = "score"
+RECORD_BATCH = "record"
 
 
 def batch_capable(db) -> bool:
@@ -323,6 +324,12 @@ def record_results(results: list[tuple[str, int]]) -> None:
         Action._meta.database.execute_sql(
             _values(("id", "result"), len(chunk)) + 'UPDATE actions SET "result" = v.result FROM v '
             'WHERE actions."id" = v.id', _flat(chunk))
+
+
+def record_many(items: list[list[tuple[str, int]]]) -> list[tuple[bool, Any]]:
+    """`record_results` for several jobs' results at once (Store.register_batch)."""
+    record_results([result for results in items for result in results])
+    return [(True, None)] * len(items)
 
 
 def find_action(user_id: int, action_id: str) -> Action | None:

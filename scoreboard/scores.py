@@ -19,6 +19,7 @@ from .config import Config
 from .errors import OutOfSequence, Replay, ScoreboardError, ScoreRejected, StaleTimestamp, Unavailable
 from .kv import KV, LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
 from .leaderboard import Entry, Index
+from .periods import period_of
 from .ratelimit import Limit, check_all
 from .store.db import Store
 from .users import ClientInfo, Principal, Users
@@ -44,7 +45,17 @@ class Scores:
         self.unrecorded: list[tuple[str, int]] = []
         self.recording: asyncio.Future | None = None
         if ledger.batch_capable(store.db):
-            store.register_batch(ledger.SCORE_BATCH, ledger.commit_many)
+            store.register_batch(ledger.SCORE_BATCH, ledger.commit_many, offload=True)
+            store.register_batch(ledger.RECORD_BATCH, ledger.record_many, offload=True)
+
+    def on_writes_lost(self, items: list) -> None:
+        """A writer process died with these jobs in flight. They run again on the thread, where an action it
+        did commit answers as a duplicate and never reaches the index: its board is rebuilt before its next
+        read (Store.process lost_listeners)."""
+        for item in items:
+            if isinstance(item, tuple):  # a submission (records are lists)
+                principal, sub, client, now = item
+                self.stale_boards.add(f"{sub.board.name}:{period_of(sub.board.reset, now)}")
 
     async def submit(self, raw_body: bytes, signature: str | None, authorization: str | None,
                      client: ClientInfo) -> dict:
@@ -218,7 +229,8 @@ class Scores:
 
     def _record_unrecorded(self) -> None:
         results, self.unrecorded = self.unrecorded, []
-        self.recording = asyncio.ensure_future(self.store.write(lambda: ledger.record_results(results)))
+        self.recording = asyncio.ensure_future(self.store.write(lambda: ledger.record_results(results),
+                                                                ledger.RECORD_BATCH, results))
         self.recording.add_done_callback(self._recorded)
 
     def _recorded(self, future: asyncio.Future) -> None:

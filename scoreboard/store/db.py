@@ -24,6 +24,7 @@ from playhouse import db_url
 
 from ..errors import ScoreboardError, Unavailable
 from . import models
+from .process import WriterProcess
 
 log = logging.getLogger("scoreboard.store")
 T = TypeVar("T")
@@ -47,10 +48,10 @@ def open_database(url: str, timeout_s: float = 5.0) -> pw.Database:
 
 
 @dataclass
-class _Job:
+class Job:
     fn: Callable[[], Any]
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future | None
+    loop: asyncio.AbstractEventLoop | None
     batch_key: str | None = None
     item: Any = None
 
@@ -64,9 +65,17 @@ class WriterStats:
     fallbacks: int = 0  # batch handler runs that raised, so their jobs ran one by one
     commit_log: list[int] = field(default_factory=list)  # batch sizes of the last 1000 commits
 
+    def record_commit(self, size: int) -> None:
+        self.transactions += 1
+        self.jobs += size
+        self.largest_batch = max(self.largest_batch, size)
+        self.commit_log.append(size)
+        del self.commit_log[:-1000]
+
 
 class Store:
-    def __init__(self, db: pw.Database, read_threads: int = 2, group_commit_max: int = 256) -> None:
+    def __init__(self, db: pw.Database, read_threads: int = 2, group_commit_max: int = 256,
+                 writer_thread: bool = True) -> None:
         self.db = db
         models.database.initialize(db)
         self.group_commit_max = max(1, group_commit_max)
@@ -75,10 +84,14 @@ class Store:
         self.stats = WriterStats()
         # batch key -> handler(items) returning one (ok, value) per item, in order (see _run_together)
         self.batch_handlers: dict[str, Callable[[list[Any]], list[tuple[bool, Any]]]] = {}
+        self.offloaded: set[str] = set()  # batch keys the writer process takes, while it runs
+        self.process: WriterProcess | None = None
         self.generation = 0  # bumped on every connection failure: other threads then reconnect too
         self.local = threading.local()
-        self.writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
-        self.writer.start()
+        self.writer: threading.Thread | None = None
+        if writer_thread:  # without it, the caller commits jobs itself (commit_jobs): the writer process
+            self.writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
+            self.writer.start()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on a reader thread (outside any transaction)."""
@@ -91,19 +104,47 @@ class Store:
         With a `batch_key` that has a registered handler, the job's `item` may instead be handed to that
         handler together with its neighbours in the queue (same key); `fn` must do the same as the handler
         does for that one item, as it runs whenever the handler cannot."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.queue.put(_Job(fn, future, loop, batch_key, item))
-        return await future
+        return await self.enqueue(fn, batch_key, item)
 
-    def register_batch(self, key: str, handler: Callable[[list[Any]], list[tuple[bool, Any]]]) -> None:
+    def enqueue(self, fn: Callable[[], T], batch_key: str | None = None, item: Any = None) -> asyncio.Future:
+        """`write` without the await: the job is queued now, in call order."""
+        loop = asyncio.get_running_loop()
+        job = Job(fn, loop.create_future(), loop, batch_key, item)
+        if batch_key in self.offloaded and self.process is not None and self.process.alive:
+            self.process.submit(job)
+        else:
+            self.queue.put(job)
+        return job.future
+
+    def register_batch(self, key: str, handler: Callable[[list[Any]], list[tuple[bool, Any]]],
+                       offload: bool = False) -> None:
         """`handler(items)` runs on the writer thread inside a savepoint and returns, for each item in order,
-        (True, result) or (False, exception) as the item's job would have; raising means "run them one by one"."""
+        (True, result) or (False, exception) as the item's job would have; raising means "run them one by one".
+        With `offload`, the writer process (start_process) takes the key's jobs: the handler must then be a
+        module-level function, and the items and outcomes picklable."""
         self.batch_handlers[key] = handler
+        if offload:
+            self.offloaded.add(key)
+
+    async def start_process(self, url: str, timeout_s: float, avoid_cpus: set[int]) -> None:
+        """Hand the offloaded keys' jobs to a writer process from now on (see store.process)."""
+        handlers = {key: self.batch_handlers[key] for key in self.offloaded}
+        setup = {"url": url, "timeout_s": timeout_s, "group_commit_max": self.group_commit_max,
+                 "handlers": handlers, "avoid_cpus": avoid_cpus}
+        self.process = WriterProcess(setup, self.stats, self.queue.put)
+        await self.process.start()
+
+    async def stop_process(self) -> None:
+        """Wait for the writer process's jobs in flight and let it exit; later jobs go to the thread."""
+        if self.process is not None:
+            await self.process.close()
 
     def close(self) -> None:
-        self.queue.put(_STOP)
-        self.writer.join(timeout=10)
+        if self.writer is not None:
+            self.queue.put(_STOP)
+            self.writer.join(timeout=10)
+        else:
+            self._close_mine()
         self.readers.shutdown(wait=True)
         if not self.db.is_closed():
             self.db.close()
@@ -158,14 +199,18 @@ class Store:
                 batch.append(job)
             self._commit_batch(batch)
 
-    def _commit_batch(self, batch: list[_Job]) -> None:
+    def commit_jobs(self, batch: list[Job]) -> list[tuple[bool, Any]]:
+        """The jobs in one transaction, on the calling thread; (ok, result or exception) for each, in order."""
         try:
-            outcomes = self._transaction(batch)
+            return self._transaction(batch)
         except (pw.OperationalError, pw.InterfaceError):
             # Nothing was committed, or the commit's answer was lost: either way each job is safe to run
             # again (score jobs find their own committed action and answer as duplicates).
             self._drop_connection()
-            outcomes = self._retry(batch)
+            return self._retry(batch)
+
+    def _commit_batch(self, batch: list[Job]) -> None:
+        outcomes = self.commit_jobs(batch)
         # One wake-up per event loop for the whole batch: call_soon_threadsafe writes to the loop's
         # self-pipe each time, which per job was a syscall and a context switch each.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}
@@ -174,7 +219,7 @@ class Store:
         for loop, settled in by_loop.items():
             loop.call_soon_threadsafe(_settle_all, settled)
 
-    def _retry(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+    def _retry(self, batch: list[Job]) -> list[tuple[bool, Any]]:
         try:
             return self._transaction(batch)
         except (pw.OperationalError, pw.InterfaceError, pw.DatabaseError) as exc:
@@ -182,23 +227,25 @@ class Store:
             log.warning("group commit of %d jobs failed: %s", len(batch), exc)
             return [(False, Unavailable(f"database unavailable: {_first_line(exc)}"))] * len(batch)
 
-    def _transaction(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+    def _transaction(self, batch: list[Job]) -> list[tuple[bool, Any]]:
         return self._fresh(self._run_batch, (batch,))
 
-    def _run_batch(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
-        with self.db.atomic():
+    def _run_batch(self, batch: list[Job]) -> list[tuple[bool, Any]]:
+        # IMMEDIATE: SQLite takes the write lock up front, so another writer (a writer process, another
+        # server) can never slip a commit between this transaction's first read and its first write.
+        with (self.db.atomic("IMMEDIATE") if isinstance(self.db, pw.SqliteDatabase) else self.db.atomic()):
             outcomes = []
             for handler, run in self._runs(batch):
                 if handler is None:
                     outcomes.extend(self._run_in_savepoint(job) for job in run)
                 else:
                     outcomes.extend(self._run_together(handler, run))
-        self._count(len(batch))
+        self.stats.record_commit(len(batch))
         return outcomes
 
-    def _runs(self, batch: list[_Job]) -> list[tuple[Callable | None, list[_Job]]]:
+    def _runs(self, batch: list[Job]) -> list[tuple[Callable | None, list[Job]]]:
         """The batch cut into runs of consecutive jobs with the same registered batch key (or none)."""
-        runs: list[tuple[Callable | None, list[_Job]]] = []
+        runs: list[tuple[Callable | None, list[Job]]] = []
         for job in batch:
             handler = self.batch_handlers.get(job.batch_key) if job.batch_key is not None else None
             if runs and handler is not None and runs[-1][0] is handler and len(runs[-1][1]) < RUN_MAX:
@@ -207,7 +254,7 @@ class Store:
                 runs.append((handler, [job]))
         return runs
 
-    def _run_together(self, handler: Callable, run: list[_Job]) -> list[tuple[bool, Any]]:
+    def _run_together(self, handler: Callable, run: list[Job]) -> list[tuple[bool, Any]]:
         try:
             with self.db.atomic():
                 outcomes = handler([job.item for job in run])
@@ -222,7 +269,7 @@ class Store:
             self.stats.fallbacks += 1
             return [self._run_in_savepoint(job) for job in run]
 
-    def _run_in_savepoint(self, job: _Job) -> tuple[bool, Any]:
+    def _run_in_savepoint(self, job: Job) -> tuple[bool, Any]:
         try:
             with self.db.atomic():
                 return True, job.fn()
@@ -233,14 +280,6 @@ class Store:
         except Exception as exc:  # one bad job must not sink the batch
             log.exception("write job failed")
             return False, exc
-
-    def _count(self, size: int) -> None:
-        stats = self.stats
-        stats.transactions += 1
-        stats.jobs += size
-        stats.largest_batch = max(stats.largest_batch, size)
-        stats.commit_log.append(size)
-        del stats.commit_log[:-1000]
 
 
 class Statement:
