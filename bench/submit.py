@@ -72,6 +72,7 @@ class Run:
     busy_before: float  # share of all cores busy in the second before the run: others' load on the machine
     loop_cpu: float = 0.0  # the server's main thread (its event loop), share of one core; the rest is its threads
     services_cpu: dict[str, float] = field(default_factory=dict)  # redis-server, postgres: share of one core
+    writer_cpu: float = 0.0  # the server's child processes (its writer process), share of one core
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -141,12 +142,12 @@ def load(url: str, players: list[dict], plan: dict, workdir: Path, pid: int,
             line = line.strip()
             if line == "measuring":
                 cpu_start, machine_start, loop_start = _process_cpu(pid), _machine_cpu(), _process_cpu(pid, pid)
-                services_start = _services_cpu()
+                services_start, writer_start = _services_cpu(), _children_cpu(pid)
                 if py_spy:
                     spy = start_py_spy(py_spy, pid, plan.get("seconds", 10))
             elif line == "done":
                 cpu_end, machine_end, loop_end = _process_cpu(pid), _machine_cpu(), _process_cpu(pid, pid)
-                services_end = _services_cpu()
+                services_end, writer_end = _services_cpu(), _children_cpu(pid)
             elif line.startswith("{"):
                 result = orjson.loads(line)
         if proc.wait() != 0 or result is None:
@@ -163,7 +164,8 @@ def load(url: str, players: list[dict], plan: dict, workdir: Path, pid: int,
     loop_cpu = (loop_end - loop_start) / elapsed if cpu_start is not None and cpu_end is not None else 0.0
     services = {name: (services_end[name] - services_start.get(name, 0.0)) / elapsed for name in services_end} \
         if cpu_start is not None and cpu_end is not None else {}
-    return Run(result, server_cpu, busy, busy_before, loop_cpu, services)
+    writer_cpu = (writer_end - writer_start) / elapsed if cpu_start is not None and cpu_end is not None else 0.0
+    return Run(result, server_cpu, busy, busy_before, loop_cpu, services, writer_cpu)
 
 
 def _process_cpu(pid: int, thread: int | None = None) -> float:
@@ -177,6 +179,19 @@ def _stat(path: str) -> tuple[str, float]:
         head, _, rest = f.read().rpartition(")")
     fields = rest.split()
     return head.partition("(")[2], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu(pid: int) -> float:
+    """User + system CPU seconds of the process's living children (the server's writer process)."""
+    total = 0.0
+    for task in os.scandir(f"/proc/{pid}/task"):
+        try:
+            with open(f"{task.path}/children") as f:
+                children = f.read().split()
+            total += sum(_stat(f"/proc/{child}/stat")[1] for child in children)
+        except OSError:  # gone meanwhile
+            continue
+    return total
 
 
 SERVICES = ("redis-server", "postgres")
@@ -302,6 +317,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> bool:
             print(f"  {row['backend']}/{name}: {run.measured:,} measured in {run.elapsed_s:.2f} s, "
                   f"max {run.max_ms:.1f} ms, server CPU {cpu_ms:.2f} ms per request "
                   f"({loop_ms:.2f} event loop, {cpu_ms - loop_ms:.2f} other threads), "
+                  f"writer process {run.writer_cpu * per_request:.2f} ms, "
                   f"load generator {run.loadgen_cpu_s / run.elapsed_s:.0%} of a core, "
                   f"machine {run.busy_before:.0%} busy just before"
                   + ("; " + "; ".join(notes) if notes else ""))
@@ -317,7 +333,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> bool:
 def _print_cpu_budget(backend: str, run: Run, per_request: float, target_rps: float) -> None:
     """Where the machine's CPU went per request, and how many cores the target rate would take at that cost."""
     machine_ms = run.machine_busy * (os.cpu_count() or 1) * per_request
-    parts = [("server", run.server_cpu), ("load generator", run.loadgen_cpu_s / run.elapsed_s),
+    parts = [("server", run.server_cpu), ("its writer process", run.writer_cpu),
+             ("load generator", run.loadgen_cpu_s / run.elapsed_s),
              *sorted((name, share) for name, share in run.services_cpu.items() if share * per_request >= 0.005)]
     print(f"  {backend}/scoreboard: machine CPU {machine_ms:.2f} ms per request ("
           + ", ".join(f"{who} {share * per_request:.2f}" for who, share in parts)

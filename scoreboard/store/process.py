@@ -147,7 +147,7 @@ class WriterProcess:
         proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
         if self.reading is not None:
             await self.reading

@@ -1,0 +1,109 @@
+"""The writer process (store.process, store.writer_child): score commits and result records go to a child
+interpreter; nothing it was given is lost when it dies, and a new one takes over. Both backends.
+
+A child that is stopped (SIGSTOP) holds the jobs sent to it without committing them: killing it then
+leaves jobs in flight for certain, with no timing luck involved.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from scoreboard import errors
+from scoreboard.store.models import Action, Score
+
+from harness import Http, Player, register_and_login
+
+PLAYERS = 8
+
+
+def _all_errors() -> list[errors.ScoreboardError]:
+    return [errors.InvalidRequest("bad field", field="seq"), errors.ScoreRejected("too_fast", "slow down"),
+            errors.RateLimited(7, limit=10, remaining=0), errors.OutOfSequence("seq must be greater than 3"),
+            errors.Unavailable("database unavailable"), errors.ActionConflict()]
+
+
+@pytest.mark.parametrize("error", _all_errors(), ids=lambda e: type(e).__name__)
+def test_an_error_crosses_the_pipe_unchanged(error):
+    copy = pickle.loads(pickle.dumps(error))
+
+    assert type(copy) is type(error)
+    assert copy.body("r") == error.body("r")
+    assert copy.headers() == error.headers()
+    assert (copy.status, str(copy)) == (error.status, str(error))
+
+
+def _players(server, count: int) -> list[Player]:
+    http = Http(server.url)
+    with ThreadPoolExecutor(count) as pool:
+        logins = list(pool.map(lambda i: register_and_login(http, f"wp{i:02d}"), range(count)))
+    return [Player(http, login["user"]["username"], login=login) for login in logins]
+
+
+def _count_sent(process, expected: int) -> threading.Event:
+    """An event set once `expected` jobs were handed to the writer process."""
+    sent, original, count = threading.Event(), process.submit, [0]
+
+    def counting(job) -> None:
+        original(job)
+        count[0] += 1
+        if count[0] >= expected:
+            sent.set()
+
+    process.submit = counting
+    return sent
+
+
+def _stored(server) -> tuple[int, dict[int, int]]:
+    def read():
+        return Action.select().count(), {row.user_id: row.score for row in Score.select()}
+    return server.call(server.app.store.read(read))
+
+
+def test_score_commits_and_result_records_go_to_the_writer_process(server):
+    process = server.app.store.process
+    player = _players(server, 1)[0]
+
+    response = player.submit(5)
+    server.call(server.app.scores.flush())
+
+    assert response.status == 200 and response.json["score"] == 5
+    assert process.next_id == 2  # the submission, then the recording of its result
+    assert _stored(server) == (1, {player.user_id: 5})
+
+
+def test_a_killed_writer_process_loses_no_job_in_flight_and_a_new_one_takes_over(server):
+    store = server.app.store
+    players = _players(server, PLAYERS)
+    first_pid = store.process.proc.pid
+    sent = _count_sent(store.process, PLAYERS)
+    os.kill(first_pid, signal.SIGSTOP)
+
+    with ThreadPoolExecutor(PLAYERS) as pool:
+        answers = [pool.submit(player.submit, 10 + i) for i, player in enumerate(players)]
+        assert sent.wait(10)  # every submission is in flight in the stopped child
+        os.kill(first_pid, signal.SIGKILL)
+        responses = [answer.result(30) for answer in answers]
+
+    assert [(r.status, r.json["duplicate"]) for r in responses] == [(200, False)] * PLAYERS
+    assert _stored(server) == (PLAYERS, {p.user_id: 10 + i for i, p in enumerate(players)})
+    page = Http(server.url).get("/leaderboards/global").json
+    assert {e["user_id"]: e["score"] for e in page["entries"]} == {p.user_id: 10 + i for i, p in enumerate(players)}
+    assert store.process.proc is not None and store.process.proc.pid != first_pid
+    assert players[0].submit(1).json["score"] == 11  # the new child commits
+
+
+def test_the_thread_setting_keeps_every_write_on_the_writer_thread(server_factory):
+    server = server_factory({"database": {"writer": "thread"}})
+    player = _players(server, 1)[0]
+
+    response = player.submit(3)
+
+    assert server.app.store.process is None
+    assert response.status == 200 and _stored(server) == (1, {player.user_id: 3})
