@@ -56,8 +56,9 @@ def is_empty(db: pw.Database) -> bool:
     return not db.get_tables()
 
 
-def migrate(db: pw.Database, report=lambda migration: None) -> list[Migration]:
-    """Apply every pending migration, each in its own transaction; returns what was applied."""
+def migrate(db: pw.Database, report=lambda migration: None, up_to: int | None = None) -> list[Migration]:
+    """Apply every pending migration (up to version `up_to`), each in its own transaction; returns what was
+    applied."""
     with db.atomic():
         db.execute_sql(
             f"CREATE TABLE IF NOT EXISTS {TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
@@ -65,6 +66,8 @@ def migrate(db: pw.Database, report=lambda migration: None) -> list[Migration]:
         )
     done = []
     for migration in pending(db):
+        if up_to is not None and migration.version > up_to:
+            break
         report(migration)
         with db.atomic():
             for statement in _statements(migration.sql):

@@ -106,7 +106,7 @@ class AuditRecord(BaseModel):
     before = pw.TextField(default="null")
     after = pw.TextField(default="null")
     prev_hash = pw.TextField()
-    hash = pw.TextField(unique=True)
+    hash = pw.TextField()  # no index: nothing looks a record up by its hash (sql 0002)
 
     class Meta:
         table_name = "audit_log"
