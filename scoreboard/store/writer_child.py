@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from .. import logs
 from ..errors import ScoreboardError
 from .db import Job, Store, open_database
 from .process import LENGTH, frame
@@ -152,7 +153,7 @@ def serve(frames: Frames, answers: BinaryIO) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logs.setup("warning")  # JSON lines on the server's stderr, like the server's own
     # Answers go on the original stdout; anything printed by mistake goes to stderr instead.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
