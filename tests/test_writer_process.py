@@ -107,3 +107,20 @@ def test_the_thread_setting_keeps_every_write_on_the_writer_thread(server_factor
 
     assert server.app.store.process is None
     assert response.status == 200 and _stored(server) == (1, {player.user_id: 3})
+
+
+def test_a_job_whose_item_cannot_be_pickled_is_written_by_the_thread(server):
+    from scoreboard import ledger
+
+    class Results(list):  # defined in here: pickle cannot find the class, so the item cannot cross the pipe
+        pass
+
+    player = _players(server, 1)[0]
+    player.submit(2)
+    server.call(server.app.scores.flush())
+    row_id = server.call(server.app.store.read(lambda: Action.select(Action.id).scalar()))
+    results = Results([('{"by": "thread"}', row_id)])
+
+    server.call(server.app.store.write(lambda: ledger.record_results(results), ledger.RECORD_BATCH, results))
+
+    assert server.call(server.app.store.read(lambda: Action.get_by_id(row_id).result)) == '{"by": "thread"}'

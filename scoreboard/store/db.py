@@ -110,7 +110,7 @@ class Store:
         """`write` without the await: the job is queued now, in call order."""
         loop = asyncio.get_running_loop()
         job = Job(fn, loop.create_future(), loop, batch_key, item)
-        if batch_key in self.offloaded and self.process is not None and self.process.alive:
+        if self.process is not None and self.process.takes(batch_key):
             self.process.submit(job)
         else:
             self.queue.put(job)

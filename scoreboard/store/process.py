@@ -65,6 +65,10 @@ class WriterProcess:
     def alive(self) -> bool:
         return self.proc is not None and not self.closing
 
+    def takes(self, batch_key: str | None) -> bool:
+        """Whether a job with this key goes to the child now (it was registered before the child started)."""
+        return self.alive and batch_key in self.setup["handlers"]
+
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "scoreboard.store.writer_child", stdin=asyncio.subprocess.PIPE,
@@ -86,7 +90,16 @@ class WriterProcess:
         if not jobs or self.proc is None:  # the child died meanwhile: _lost already took these jobs
             return
         try:
-            self.proc.stdin.write(frame(jobs))
+            message = frame(jobs)
+        except Exception:  # an item that cannot be pickled: those jobs are the thread's
+            log.exception("writer process: %d jobs could not be sent; the writer thread runs them", len(jobs))
+            for job_id, _, _ in jobs:
+                self.rerun(self.in_flight.pop(job_id))
+            if not self.in_flight:
+                self.idle.set()
+            return
+        try:
+            self.proc.stdin.write(message)
         except (ConnectionError, RuntimeError):
             pass  # the child is gone: _read_answers sees the end of its stdout and reruns the jobs
 
