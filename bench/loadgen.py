@@ -18,6 +18,7 @@ the measured time runs from that point to the last answer.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sys
 import time
@@ -161,6 +162,8 @@ def _percentile(sorted_values: list[float], pct: float) -> float:
 def main() -> None:
     with open(sys.argv[1], "rb") as f:
         plan = orjson.loads(f.read())
+    if plan.get("cpus"):
+        os.sched_setaffinity(0, plan["cpus"])
     result = asyncio.run(run(plan))
     print(orjson.dumps(result).decode(), flush=True)
 

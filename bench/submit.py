@@ -242,15 +242,23 @@ def start_py_spy(path: str, pid: int, seconds: float, gil_only: bool = True) -> 
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def loadgen_cpus(server_cpu: str) -> list[int]:
+    """The CPUs the load generator keeps to: all but the servers' one, so that it never takes turns with
+    the server under test on its CPU (it would, unpinned, at the scheduler's whim). [] when not pinned."""
+    others = sorted(os.sched_getaffinity(0) - ({int(server_cpu)} if server_cpu else set()))
+    return others if server_cpu and others else []
+
+
 def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict:
     raw = merge(merge(raw_config(backend, workdir, REDIS_URL, POSTGRES_URL), BENCH_SETTINGS),
                 {"server": {"cpu_affinity": args.cpu}})
     server = hello = None
+    away = loadgen_cpus(args.cpu)
     try:
         server = start_scoreboard(raw, workdir, args.uvloop)
         players = make_players(server.url, args.clients)
         total_s = args.warmup + args.seconds
-        plan = {"mode": "time", "warmup_s": args.warmup, "seconds": args.seconds,
+        plan = {"mode": "time", "warmup_s": args.warmup, "seconds": args.seconds, "cpus": away,
                 "budget": math.ceil(args.max_rps * total_s / args.clients)}
         spy_path = f"{args.py_spy.removesuffix(Path(args.py_spy).suffix)}-{backend}{Path(args.py_spy).suffix}" \
             if args.py_spy else None
@@ -260,7 +268,7 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict
         # The baseline: the same clients, request shape and number of measured requests.
         hello = start_hello(workdir, args.uvloop, args.cpu)
         count = math.ceil(scoreboard.measured / args.clients)
-        plan = {"mode": "count", "warmup_s": args.warmup, "count": count,
+        plan = {"mode": "count", "warmup_s": args.warmup, "count": count, "cpus": away,
                 "budget": math.ceil(args.max_rps * args.warmup / args.clients), "max_seconds": 10 * args.seconds}
         baseline = load(hello.url, players, plan, workdir, hello.pid)
         return {"backend": backend, "scoreboard": scoreboard, "hello": baseline, "py_spy": spy_path,
@@ -284,7 +292,9 @@ def writer_counts(url: str) -> tuple[float, float]:
 
 def report(rows: list[dict], args: argparse.Namespace) -> bool:
     loop = "uvloop" if args.uvloop else "asyncio"
-    pinned = f"both servers on CPU {args.cpu}" if args.cpu else "servers on any CPU"
+    away = loadgen_cpus(args.cpu)
+    pinned = (f"both servers on CPU {args.cpu}, the load generator on CPU {','.join(map(str, away))}"
+              if away else f"both servers on CPU {args.cpu}" if args.cpu else "servers on any CPU")
     print(f"\n{args.clients} clients, {args.seconds:g} s measured after {args.warmup:g} s warm-up, "
           f"server event loop: {loop}, {os.cpu_count()} cores, {pinned}\n")
     header = (f"{'backend':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'hello req/s':>12} "
@@ -353,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uvloop", action="store_true", help="run the servers on uvloop (pip install uvloop)")
     parser.add_argument("--cpu", default=str(max(os.sched_getaffinity(0))),
                         help="the CPU both servers are pinned to, one after the other (server.cpu_affinity); "
-                             "'' for none. Default: the last CPU")
+                             "'' for none. Default: the last CPU. The load generator runs on the others")
     parser.add_argument("--py-spy", metavar="PATH", help="record the server with py-spy (.svg, .txt raw, .json)")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 1000 or not 0 < args.seconds <= 120 or not 0 <= args.warmup <= 60:
