@@ -99,6 +99,21 @@ def test_a_killed_writer_process_loses_no_job_in_flight_and_a_new_one_takes_over
     assert players[0].submit(1).json["score"] == 11  # the new child commits
 
 
+def test_a_sigterm_to_the_process_group_does_not_cut_the_writer_process_short(server):
+    """It stops when its input ends (the server closes it, or dies), never in the middle of a commit."""
+    process = server.app.store.process
+    player = _players(server, 1)[0]
+    server.call(process.ready.wait())
+    pid = process.proc.pid
+
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGINT)
+    response = player.submit(4)
+
+    assert response.status == 200 and response.json["score"] == 4
+    assert process.proc.pid == pid and process.next_id >= 1
+
+
 def test_the_thread_setting_keeps_every_write_on_the_writer_thread(server_factory):
     server = server_factory({"database": {"writer": "thread"}})
     player = _players(server, 1)[0]

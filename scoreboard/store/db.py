@@ -6,6 +6,8 @@ job, and every job's future resolves only after the shared COMMIT returned. Cons
 the same batch key go together to the handler registered for that key, which does their work set-wise in
 one savepoint; if it raises, that savepoint is rolled back and the jobs run one by one as usual. Driver
 errors are wrapped once here: connection trouble becomes errors.Unavailable and nothing of that batch is applied.
+The batch keys registered with `offload=True` go to a writer process instead, while it runs (store.process);
+it commits them with this same code (`commit_jobs`).
 """
 
 from __future__ import annotations

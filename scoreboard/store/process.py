@@ -60,6 +60,7 @@ class WriterProcess:
         self.reading: asyncio.Task | None = None
         self.idle = asyncio.Event()
         self.idle.set()
+        self.ready = asyncio.Event()  # the current child answered its first (empty) frame
 
     @property
     def alive(self) -> bool:
@@ -70,6 +71,7 @@ class WriterProcess:
         return self.alive and batch_key in self.setup["handlers"]
 
     async def start(self) -> None:
+        self.ready.clear()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "scoreboard.store.writer_child", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -106,6 +108,7 @@ class WriterProcess:
     async def _read_answers(self, proc: asyncio.subprocess.Process) -> None:
         while (answer := await read_frame(proc.stdout)) is not None:
             results, counts = answer
+            self.ready.set()
             self._count(counts)
             for job_id, ok, value in results:
                 job = self.in_flight.pop(job_id, None)

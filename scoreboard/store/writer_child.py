@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import select
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -91,7 +92,9 @@ class Child:
         batch = self.waiting[:self.store.group_commit_max]
         del self.waiting[:len(batch)]
         outcomes = self.store.commit_jobs([job for _, job in batch])
-        results = [(job_id, ok, value) for (job_id, _), (ok, value) in zip(batch, outcomes, strict=True)]
+        self.answer([(job_id, ok, value) for (job_id, _), (ok, value) in zip(batch, outcomes, strict=True)])
+
+    def answer(self, results: list[tuple[int, bool, Any]]) -> None:
         try:
             self.answers.write(_answer(results, self._counts()))
             self.answers.flush()
@@ -143,6 +146,7 @@ def serve(frames: Frames, answers: BinaryIO) -> None:
     for key, handler in child.handlers.items():
         store.register_batch(key, handler)
     child.take(first[1:])
+    child.answer([])  # ready: signals are handled and the database is open
     while True:
         child.take(frames.wait() if not child.waiting else [])
         child.take(frames.more())
@@ -154,6 +158,11 @@ def serve(frames: Frames, answers: BinaryIO) -> None:
 
 def main() -> None:
     logs.setup("warning")  # JSON lines on the server's stderr, like the server's own
+    # Ctrl-C or a SIGTERM to the whole process group must not cut a commit short: the server stops on
+    # them and then closes our input, and the end of input is how this process stops (it also comes
+    # when the server is killed outright).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Answers go on the original stdout; anything printed by mistake goes to stderr instead.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
