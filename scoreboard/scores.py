@@ -48,13 +48,13 @@ class Scores:
             store.register_batch(ledger.SCORE_BATCH, ledger.commit_many, offload=True)
             store.register_batch(ledger.RECORD_BATCH, ledger.record_many, offload=True)
 
-    def on_writes_lost(self, items: list) -> None:
-        """A writer process died with these jobs in flight. They run again on the thread, where an action it
-        did commit answers as a duplicate and never reaches the index: its board is rebuilt before its next
-        read (Store.process lost_listeners)."""
-        for item in items:
-            if isinstance(item, tuple):  # a submission (records are lists)
-                principal, sub, client, now = item
+    def on_writes_lost(self, jobs: list[tuple[str, object]]) -> None:
+        """A writer process died with these (batch key, item) jobs in flight. They run again on the thread,
+        where an action it did commit answers as a duplicate and never reaches the index: its board is
+        rebuilt before its next read (Store.process lost_listeners)."""
+        for key, item in jobs:
+            if key == ledger.SCORE_BATCH:
+                _, sub, _, now = item
                 self.stale_boards.add(f"{sub.board.name}:{period_of(sub.board.reset, now)}")
 
     async def submit(self, raw_body: bytes, signature: str | None, authorization: str | None,

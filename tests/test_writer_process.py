@@ -99,6 +99,25 @@ def test_a_killed_writer_process_loses_no_job_in_flight_and_a_new_one_takes_over
     assert players[0].submit(1).json["score"] == 11  # the new child commits
 
 
+def test_a_lost_submission_marks_its_board_period_stale_and_a_lost_record_marks_nothing(server_factory, clock):
+    """A rerun of an action the dead child did commit answers as a duplicate and skips the index: the
+    board period is rebuilt before its next read instead."""
+    from scoreboard import ledger, rules
+    from scoreboard.periods import period_of
+
+    server = server_factory({"boards": {"global": {}, "daily": {"reset": "daily"}}}, clock=clock)
+    now = clock.now_ms()
+    body = {"action_id": "a1", "board": "daily", "seq": 1, "ts": now, "nonce": "n" * 16,
+            "score_data": {"type": "level_complete", "points": 1}}
+    sub = rules.parse(body, server.app.config)
+    stale = server.app.boards.stale
+    stale.clear()
+
+    server.app.scores.on_writes_lost([(ledger.RECORD_BATCH, [("{}", 1)]), (ledger.SCORE_BATCH, (None, sub, None, now))])
+
+    assert stale == {f"daily:{period_of('daily', now)}"}
+
+
 def test_a_sigterm_to_the_process_group_does_not_cut_the_writer_process_short(server):
     """It stops when its input ends (the server closes it, or dies), never in the middle of a commit."""
     process = server.app.store.process

@@ -8,7 +8,7 @@ them with an ordinary Store of its own and answers each job after its transactio
 
 Nothing acknowledged is lost when the child dies: its jobs in flight run again on the parent's writer
 thread (an action the child did commit is found there and answers as a duplicate), `lost_listeners`
-hear which items were in flight, and a new child is started.
+hear which (batch key, item)s were in flight, and a new child is started.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class WriterProcess:
         self.setup = setup  # url, timeout_s, group_commit_max, handlers {key: function}, avoid_cpus
         self.stats = stats
         self.rerun = rerun  # puts a job on the parent's writer thread
-        self.lost_listeners: list[Callable[[list[Any]], None]] = []
+        self.lost_listeners: list[Callable[[list[tuple[str, Any]]], None]] = []  # get (batch key, item)s
         self.proc: asyncio.subprocess.Process | None = None
         self.in_flight: dict[int, Any] = {}  # job id -> store.db.Job
         self.outbox: list[tuple[int, str, Any]] = []
@@ -140,7 +140,7 @@ class WriterProcess:
             self.rerun(job)
         if jobs:
             for listener in self.lost_listeners:
-                listener([job.item for job in jobs])
+                listener([(job.batch_key, job.item) for job in jobs])
         if not self.closing:
             await self._restart()
 
