@@ -106,17 +106,13 @@ class Store:
         With a `batch_key` that has a registered handler, the job's `item` may instead be handed to that
         handler together with its neighbours in the queue (same key); `fn` must do the same as the handler
         does for that one item, as it runs whenever the handler cannot."""
-        return await self.enqueue(fn, batch_key, item)
-
-    def enqueue(self, fn: Callable[[], T], batch_key: str | None = None, item: Any = None) -> asyncio.Future:
-        """`write` without the await: the job is queued now, in call order."""
         loop = asyncio.get_running_loop()
         job = Job(fn, loop.create_future(), loop, batch_key, item)
         if self.process is not None and self.process.takes(batch_key):
             self.process.submit(job)
         else:
             self.queue.put(job)
-        return job.future
+        return await job.future
 
     def register_batch(self, key: str, handler: Callable[[list[Any]], list[tuple[bool, Any]]],
                        offload: bool = False) -> None:

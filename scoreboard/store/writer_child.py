@@ -11,7 +11,6 @@ died: the jobs already received are still committed, then the process exits.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import pickle
 import select
@@ -22,10 +21,8 @@ from typing import Any, BinaryIO
 
 from .. import logs
 from ..errors import ScoreboardError
-from .db import Job, Store, open_database
+from .db import Job, Store, WriterStats, open_database
 from .process import LENGTH, frame
-
-log = logging.getLogger("scoreboard.store.writer_child")
 
 
 def alone(handler: Callable[[list[Any]], list[tuple[bool, Any]]], item: Any) -> Any:
@@ -80,7 +77,6 @@ class Child:
     def __init__(self, store: Store, handlers: dict, answers: BinaryIO) -> None:
         self.store, self.handlers, self.answers = store, handlers, answers
         self.waiting: list[tuple[int, Job]] = []
-        self.reported = (0, 0, 0)  # transactions, handled_together, fallbacks already sent
 
     def take(self, frames: list[list[tuple[int, str, Any]]]) -> None:
         for jobs in frames:
@@ -95,19 +91,13 @@ class Child:
         self.answer([(job_id, ok, value) for (job_id, _), (ok, value) in zip(batch, outcomes, strict=True)])
 
     def answer(self, results: list[tuple[int, bool, Any]]) -> None:
+        """Send the outcomes with the counts of what was written since the last answer (fresh counts after)."""
+        stats, self.store.stats = self.store.stats, WriterStats()
         try:
-            self.answers.write(_answer(results, self._counts()))
+            self.answers.write(_answer(results, (stats.commit_log, stats.handled_together, stats.fallbacks)))
             self.answers.flush()
         except (BrokenPipeError, ValueError):
             pass  # the parent is gone; its jobs are committed all the same
-
-    def _counts(self) -> tuple[list[int], int, int]:
-        stats = self.store.stats
-        new_commits = stats.transactions - self.reported[0]
-        counts = (stats.commit_log[-new_commits:] if new_commits else [],
-                  stats.handled_together - self.reported[1], stats.fallbacks - self.reported[2])
-        self.reported = (stats.transactions, stats.handled_together, stats.fallbacks)
-        return counts
 
 
 def _answer(results: list, counts: tuple) -> bytes:
