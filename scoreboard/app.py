@@ -122,7 +122,6 @@ class App:
         db_config = self.config.database
         if db_config.writer == "process" and ":memory:" not in db_config.url:
             await self.store.start_process(db_config.url, db_config.timeout_s, self.config.server.cpus)
-            self.store.process.lost_listeners.append(self.scores.on_writes_lost)
         self.users.revoked_listeners.append(self.hub.announce_revoked)
         await self.bus.subscribe(REVOCATIONS_CHANNEL, self.hub.on_revoked)
         self.closers.insert(0, self.hub.close)  # before the bus: close WebSockets (1001), stop ticks

@@ -47,11 +47,12 @@ class Scores:
         if ledger.batch_capable(store.db):
             store.register_batch(ledger.SCORE_BATCH, ledger.commit_many, offload=True)
             store.register_batch(ledger.RECORD_BATCH, ledger.record_many, offload=True)
+        store.rerun_listeners.append(self.on_rerun)
 
-    def on_writes_lost(self, jobs: list[tuple[str, object]]) -> None:
-        """A writer process died with these (batch key, item) jobs in flight. They run again on the thread,
-        where an action it did commit answers as a duplicate and never reaches the index: its board is
-        rebuilt before its next read (Store.process lost_listeners)."""
+    def on_rerun(self, jobs: list[tuple[str | None, object]]) -> None:
+        """These (batch key, item) jobs run again after their first outcome was lost (Store.rerun_listeners).
+        An action that did commit then answers as a duplicate and never reaches the index: its board
+        period is rebuilt before its next read."""
         for key, item in jobs:
             if key == ledger.SCORE_BATCH:
                 _, sub, _, now = item

@@ -178,6 +178,28 @@ def test_a_constraint_violation_fails_only_its_own_job(server):
 # ---- reads stay off the event loop --------------------------------------------------------------
 
 
+def test_a_batch_run_again_after_a_lost_connection_is_heard_by_the_rerun_listeners_first(server):
+    """The first attempt fails like a connection dropped at COMMIT: the writer reconnects and runs the batch
+    again, and the listeners hear its (batch key, item)s on the loop before the write resolves."""
+    store, attempts, heard = server.app.store, [], []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise pw.OperationalError("server closed the connection unexpectedly (test)")
+        return f"attempt {len(attempts)}"
+
+    async def write_and_look() -> tuple[str, list]:
+        store.rerun_listeners.append(heard.extend)
+        try:
+            result = await store.write(flaky, "not-registered", "item-1")
+            return result, list(heard)
+        finally:
+            store.rerun_listeners.remove(heard.extend)
+
+    assert server.call(write_and_look()) == ("attempt 2", [("not-registered", "item-1")])
+
+
 class HeldQuery:
     """A real query that keeps running inside the database until `release()`.
 

@@ -14,11 +14,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import writer_jobs
 
 from scoreboard import errors
+from scoreboard.store.db import Store, open_database
 from scoreboard.store.models import Action, Score
 
-from harness import Http, Player, register_and_login
+from conftest import POSTGRES_URL
+from harness import Http, Player, create_schema, drop_schema, register_and_login
 
 PLAYERS = 8
 
@@ -99,6 +102,33 @@ def test_a_killed_writer_process_loses_no_job_in_flight_and_a_new_one_takes_over
     assert players[0].submit(1).json["score"] == 11  # the new child commits
 
 
+def test_a_job_the_child_runs_twice_is_heard_by_the_rerun_listeners(backend, tmp_path, unique, monkeypatch,
+                                                                      event_loop_runner):
+    """A connection lost inside the child (here: the handler's first call fails like one) reruns the batch
+    there; the parent's Store.rerun_listeners hear which job it was before the job resolves."""
+    url = f"sqlite:///{tmp_path / 'w.db'}" if backend == "embedded" else create_schema(POSTGRES_URL, f"w_{unique}")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(writer_jobs.__file__),
+                                                      os.environ.get("PYTHONPATH", "")]))
+
+    async def scenario() -> tuple:
+        store = Store(open_database(url))
+        store.register_batch("flaky", writer_jobs.lose_connection_once, offload=True)
+        heard: list = []
+        store.rerun_listeners.append(heard.extend)
+        await store.start_process(url, 5.0, set())
+        try:
+            result = await store.write(lambda: "by the thread", "flaky", "item-1")
+            return result, list(heard)
+        finally:
+            await store.stop_process()
+            store.close()
+
+    try:
+        assert event_loop_runner(scenario()) == ("item-1", [("flaky", "item-1")])  # the child's answer
+    finally:
+        drop_schema(url)
+
+
 def test_a_lost_submission_marks_its_board_period_stale_and_a_lost_record_marks_nothing(server_factory, clock):
     """A rerun of an action the dead child did commit answers as a duplicate and skips the index: the
     board period is rebuilt before its next read instead."""
@@ -113,7 +143,7 @@ def test_a_lost_submission_marks_its_board_period_stale_and_a_lost_record_marks_
     stale = server.app.boards.stale
     stale.clear()
 
-    server.app.scores.on_writes_lost([(ledger.RECORD_BATCH, [("{}", 1)]), (ledger.SCORE_BATCH, (None, sub, None, now))])
+    server.app.scores.on_rerun([(ledger.RECORD_BATCH, [("{}", 1)]), (ledger.SCORE_BATCH, (None, sub, None, now))])
 
     assert stale == {f"daily:{period_of('daily', now)}"}
 

@@ -87,6 +87,10 @@ class Store:
         # batch key -> handler(items) returning one (ok, value) per item, in order (see _run_together)
         self.batch_handlers: dict[str, Callable[[list[Any]], list[tuple[bool, Any]]]] = {}
         self.offloaded: set[str] = set()  # batch keys the writer process takes, while it runs
+        # Called on the event loop with the (batch key, item)s of jobs run again after their first attempt's
+        # outcome was lost (a connection dropped at COMMIT, a writer process died): such a job may find its
+        # own work already committed, and whatever the caller does after a commit may not have happened.
+        self.rerun_listeners: list[Callable[[list[tuple[str | None, Any]]], None]] = []
         self.process: WriterProcess | None = None
         self.generation = 0  # bumped on every connection failure: other threads then reconnect too
         self.local = threading.local()
@@ -129,7 +133,7 @@ class Store:
         handlers = {key: self.batch_handlers[key] for key in self.offloaded}
         setup = {"url": url, "timeout_s": timeout_s, "group_commit_max": self.group_commit_max,
                  "handlers": handlers, "avoid_cpus": avoid_cpus}
-        self.process = WriterProcess(setup, self.stats, self.queue.put)
+        self.process = WriterProcess(setup, self, self.queue.put)
         await self.process.start()
 
     async def stop_process(self) -> None:
@@ -197,18 +201,29 @@ class Store:
                 batch.append(job)
             self._commit_batch(batch)
 
-    def commit_jobs(self, batch: list[Job]) -> list[tuple[bool, Any]]:
-        """The jobs in one transaction, on the calling thread; (ok, result or exception) for each, in order."""
+    def commit_jobs(self, batch: list[Job], on_rerun: Callable[[list[Job]], None]) -> list[tuple[bool, Any]]:
+        """The jobs in one transaction, on the calling thread; (ok, result or exception) for each, in order.
+        `on_rerun(batch)` hears it first when the batch has to run again."""
         try:
             return self._transaction(batch)
         except (pw.OperationalError, pw.InterfaceError):
             # Nothing was committed, or the commit's answer was lost: either way each job is safe to run
             # again (score jobs find their own committed action and answer as duplicates).
             self._drop_connection()
+            on_rerun(batch)
             return self._retry(batch)
 
+    def heard_rerun(self, jobs: list[Job]) -> None:
+        """Tell rerun_listeners (on the event loop) about `jobs`, which are about to run again."""
+        for listener in self.rerun_listeners:
+            listener([(job.batch_key, job.item) for job in jobs])
+
+    def _rerun_from_thread(self, jobs: list[Job]) -> None:
+        for loop in {job.loop for job in jobs}:  # before the jobs' own outcomes, which are settled after
+            loop.call_soon_threadsafe(self.heard_rerun, [job for job in jobs if job.loop is loop])
+
     def _commit_batch(self, batch: list[Job]) -> None:
-        outcomes = self.commit_jobs(batch)
+        outcomes = self.commit_jobs(batch, self._rerun_from_thread)
         # One wake-up per event loop for the whole batch: call_soon_threadsafe writes to the loop's
         # self-pipe each time, which per job was a syscall and a context switch each.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}

@@ -7,8 +7,9 @@ sends each turn's jobs in one frame to `python -m scoreboard.store.writer_child`
 them with an ordinary Store of its own and answers each job after its transaction committed.
 
 Nothing acknowledged is lost when the child dies: its jobs in flight run again on the parent's writer
-thread (an action the child did commit is found there and answers as a duplicate), `lost_listeners`
-hear which (batch key, item)s were in flight, and a new child is started.
+thread (an action the child did commit is found there and answers as a duplicate), the Store's
+rerun_listeners hear which ones were in flight, and a new child is started. The child reports its own
+reruns (a connection lost at COMMIT) by job id, and the listeners hear of those too.
 """
 
 from __future__ import annotations
@@ -46,11 +47,10 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
 class WriterProcess:
     """The parent's side: sends jobs, settles their futures from the answers, restarts a dead child."""
 
-    def __init__(self, setup: dict, stats, rerun: Callable[[Any], None]) -> None:
+    def __init__(self, setup: dict, store, rerun: Callable[[Any], None]) -> None:
         self.setup = setup  # url, timeout_s, group_commit_max, handlers {key: function}, avoid_cpus
-        self.stats = stats
+        self.store = store  # its stats count the child's commits; heard_rerun tells its rerun_listeners
         self.rerun = rerun  # puts a job on the parent's writer thread
-        self.lost_listeners: list[Callable[[list[tuple[str, Any]]], None]] = []  # get (batch key, item)s
         self.proc: asyncio.subprocess.Process | None = None
         self.in_flight: dict[int, Any] = {}  # job id -> store.db.Job
         self.outbox: list[tuple[int, str, Any]] = []
@@ -107,9 +107,11 @@ class WriterProcess:
 
     async def _read_answers(self, proc: asyncio.subprocess.Process) -> None:
         while (answer := await read_frame(proc.stdout)) is not None:
-            results, counts = answer
+            results, counts, reran = answer
             self.ready.set()
             self._count(counts)
+            if reran:
+                self.store.heard_rerun([self.in_flight[job_id] for job_id in reran if job_id in self.in_flight])
             for job_id, ok, value in results:
                 job = self.in_flight.pop(job_id, None)
                 if job is not None and not job.future.done():
@@ -120,10 +122,11 @@ class WriterProcess:
 
     def _count(self, counts: tuple[list[int], int, int]) -> None:
         commits, together, fallbacks = counts
+        stats = self.store.stats
         for size in commits:
-            self.stats.record_commit(size)
-        self.stats.handled_together += together
-        self.stats.fallbacks += fallbacks
+            stats.record_commit(size)
+        stats.handled_together += together
+        stats.fallbacks += fallbacks
 
     async def _lost(self, proc: asyncio.subprocess.Process) -> None:
         """The child's output ended: its jobs in flight go to the thread; restart it unless closing."""
@@ -136,11 +139,10 @@ class WriterProcess:
         if not self.closing or jobs:
             log.error("writer process exited with %s; %d jobs in flight run again on the writer thread",
                       code, len(jobs))
+        if jobs:
+            self.store.heard_rerun(jobs)
         for job in jobs:
             self.rerun(job)
-        if jobs:
-            for listener in self.lost_listeners:
-                listener([(job.batch_key, job.item) for job in jobs])
         if not self.closing:
             await self._restart()
 

@@ -87,23 +87,26 @@ class Child:
         """Commit what waits, at most group_commit_max jobs, and answer their outcomes."""
         batch = self.waiting[:self.store.group_commit_max]
         del self.waiting[:len(batch)]
-        outcomes = self.store.commit_jobs([job for _, job in batch])
-        self.answer([(job_id, ok, value) for (job_id, _), (ok, value) in zip(batch, outcomes, strict=True)])
+        reran: list[int] = []
+        outcomes = self.store.commit_jobs([job for _, job in batch],
+                                          lambda jobs: reran.extend(job_id for job_id, _ in batch))
+        self.answer([(job_id, ok, value) for (job_id, _), (ok, value) in zip(batch, outcomes, strict=True)], reran)
 
-    def answer(self, results: list[tuple[int, bool, Any]]) -> None:
-        """Send the outcomes with the counts of what was written since the last answer (fresh counts after)."""
+    def answer(self, results: list[tuple[int, bool, Any]], reran: list[int]) -> None:
+        """Send the outcomes, the ids of jobs that ran twice, and the counts of what was written since the
+        last answer (fresh counts after)."""
         stats, self.store.stats = self.store.stats, WriterStats()
         try:
-            self.answers.write(_answer(results, (stats.commit_log, stats.handled_together, stats.fallbacks)))
+            self.answers.write(_answer(results, (stats.commit_log, stats.handled_together, stats.fallbacks), reran))
             self.answers.flush()
         except (BrokenPipeError, ValueError):
             pass  # the parent is gone; its jobs are committed all the same
 
 
-def _answer(results: list, counts: tuple) -> bytes:
+def _answer(results: list, counts: tuple, reran: list[int]) -> bytes:
     """The answer frame; an outcome that cannot be pickled travels as an internal error instead."""
     try:
-        return frame((results, counts))
+        return frame((results, counts, reran))
     except (pickle.PicklingError, TypeError, AttributeError):
         safe = []
         for job_id, ok, value in results:
@@ -112,7 +115,7 @@ def _answer(results: list, counts: tuple) -> bytes:
             except (pickle.PicklingError, TypeError, AttributeError):
                 ok, value = False, ScoreboardError(f"write failed: {value!r}")
             safe.append((job_id, ok, value))
-        return frame((safe, counts))
+        return frame((safe, counts, reran))
 
 
 def _pin_away_from(cpus: set[int]) -> None:
@@ -136,7 +139,7 @@ def serve(frames: Frames, answers: BinaryIO) -> None:
     for key, handler in child.handlers.items():
         store.register_batch(key, handler)
     child.take(first[1:])
-    child.answer([])  # ready: signals are handled and the database is open
+    child.answer([], [])  # ready: signals are handled and the database is open
     while True:
         child.take(frames.wait() if not child.waiting else [])
         child.take(frames.more())
