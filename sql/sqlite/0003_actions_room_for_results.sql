@@ -1,0 +1,3 @@
+-- PostgreSQL leaves room in the actions table's pages for each row's result update (fillfactor). SQLite
+-- rewrites a row in place in its b-tree, so there is nothing to change here; the version is kept so that
+-- both backends number their migrations alike.
