@@ -76,9 +76,12 @@ def append_many(entries: list[tuple[Context, str, str, Any, Any, int]]) -> None:
 
 
 def _lock_head() -> str:
-    _ENSURE_HEAD.cursor(HEAD_KEY, GENESIS)
     locked = isinstance(Setting._meta.database.obj, pw.PostgresqlDatabase)
-    return (_HEAD_LOCKED if locked else _HEAD).cursor(HEAD_KEY).fetchone()[0]
+    head = (_HEAD_LOCKED if locked else _HEAD).cursor(HEAD_KEY).fetchone()
+    if head is None:  # the chain's first record: the head row is created (by one process) and then locked
+        _ENSURE_HEAD.cursor(HEAD_KEY, GENESIS)
+        head = (_HEAD_LOCKED if locked else _HEAD).cursor(HEAD_KEY).fetchone()
+    return head[0]
 
 
 # The chain's statements, SQL generated once (store.db.Statement); the probes are example values.

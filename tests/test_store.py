@@ -149,6 +149,42 @@ def test_a_handler_that_raises_is_rolled_back_and_its_jobs_run_one_by_one(server
     assert store.stats.fallbacks == 1
 
 
+def test_a_batch_of_handler_runs_only_takes_no_savepoints(server):
+    store, depths = server.app.store, []
+
+    def handler(items: list) -> list:
+        depths.append(Setting._meta.database.transaction_depth())
+        Setting.insert_many([{"key": key, "value": value} for key, value in items]).execute()
+        return [(True, key) for key, _ in items]
+
+    store.register_batch("settings", handler)
+    store.register_batch("others", lambda items: handler(items))  # another handler: another run
+    jobs = [_keyed("plain-1"), _keyed("plain-2"), (_insert("plain-3"), "others", ("plain-3", "v"))]
+
+    assert server.call(_as_one_batch(store, jobs)) == ["plain-1", "plain-2", "plain-3"]
+    assert depths == [1, 1]  # inside the transaction itself, not a savepoint per run
+
+
+def test_when_one_run_of_a_plain_batch_raises_the_other_runs_still_commit(server):
+    store = server.app.store
+
+    def settings(items: list) -> list:
+        Setting.insert_many([{"key": key, "value": value} for key, value in items]).execute()
+        return [(True, key) for key, _ in items]
+
+    def failing(items: list) -> list:
+        Setting.create(key="half-handler", value="v")
+        raise RuntimeError("the set-wise path failed")
+
+    store.register_batch("settings", settings)
+    store.register_batch("failing", failing)
+    jobs = [_keyed("half-1"), (_insert("half-2"), "failing", ("half-2", "v")), _keyed("half-3")]
+
+    assert server.call(_as_one_batch(store, jobs)) == ["half-1", "half-2", "half-3"]
+    assert server.call(store.read(_keys_present, "half-")) == {"half-1", "half-2", "half-3"}
+    assert store.stats.fallbacks == 1
+
+
 def test_a_failing_job_rolls_back_only_itself(server):
     store = server.app.store
 
