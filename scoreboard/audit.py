@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import peewee as pw
 
-from .store.db import Statement, rows_sql
+from .store.db import Statement, execute_all, rows_sql
 from .store.models import AuditRecord, Setting
 
 GENESIS = "0" * 64
@@ -57,10 +57,15 @@ def append(ctx: Context, kind: str, subject: str, before: Any, after: Any, at: i
 
 
 def append_many(entries: list[tuple[Context, str, str, Any, Any, int]]) -> None:
-    """`append` for each (ctx, kind, subject, before, after, at) in order: the head locked once, one INSERT
-    of all the records (ids rising in chain order) and one head update. Call inside a transaction."""
-    if not entries:
-        return
+    """`append` for each (ctx, kind, subject, before, after, at) in order. Call inside a transaction."""
+    if entries:
+        execute_all(chain_writes(entries))
+
+
+def chain_writes(entries: list[tuple[Context, str, str, Any, Any, int]]) -> list[tuple[str, list]]:
+    """Locks the chain head now and returns the writes that extend it by `entries`, in order: one INSERT of
+    all the records (ids rising in chain order) and the head's update. The caller runs them in this
+    transaction (store.db.execute_all), possibly together with writes of its own."""
     prev_hash = _lock_head()
     params: list[Any] = []
     for ctx, kind, subject, before, after, at in entries:
@@ -70,9 +75,9 @@ def append_many(entries: list[tuple[Context, str, str, Any, Any, int]]) -> None:
         params.extend((*content, prev_hash, digest))
         prev_hash = digest
     columns = ", ".join(f'"{name}"' for name in (*HASHED_FIELDS, "prev_hash", "hash"))
-    AuditRecord._meta.database.execute_sql(
-        f"INSERT INTO audit_log ({columns}) VALUES {rows_sql(len(entries), len(HASHED_FIELDS) + 2)}", params)
-    _SET_HEAD.cursor(prev_hash, HEAD_KEY)
+    param = Setting._meta.database.param
+    return [(f"INSERT INTO audit_log ({columns}) VALUES {rows_sql(len(entries), len(HASHED_FIELDS) + 2)}", params),
+            (f'UPDATE settings SET "value" = {param} WHERE "key" = {param}', [prev_hash, HEAD_KEY])]
 
 
 def _lock_head() -> str:

@@ -17,7 +17,7 @@ import peewee as pw
 from . import audit, rules
 from .errors import ActionConflict, ScoreboardError
 from .periods import period_of
-from .store.db import Statement, rows_sql
+from .store.db import Statement, execute_all, rows_sql
 from .store.models import Action, Score, Session, User
 from .users import ClientInfo, Principal
 
@@ -189,10 +189,10 @@ class _Plan:
         if not self.accepted:
             return
         _insert_actions(self.accepted)
-        _write_scores(self.accepted, self.stored)
-        _advance_sessions(self.accepted)
-        audit.append_many([_audit_entry(accepted) for accepted in self.accepted])
-        self.usernames = _usernames({accepted.principal.user_id for accepted in self.accepted})
+        # The rest has no answer to wait for but the usernames: on PostgreSQL one round trip for all of it.
+        writes = [*_score_writes(self.accepted, self.stored), _session_write(self.accepted),
+                  *audit.chain_writes([_audit_entry(accepted) for accepted in self.accepted])]
+        self.usernames = _usernames({accepted.principal.user_id for accepted in self.accepted}, writes)
 
 
 def _score_key(principal: Principal, sub: rules.Submission, now: int) -> tuple[str, str, int]:
@@ -217,15 +217,15 @@ def _flat(rows) -> list:
     return [value for row in rows for value in row]
 
 
-def _select(head: str, columns: tuple[str, ...], rest: str, params: list) -> list:
-    """The rows of `head SELECT columns rest`. SQLite hands them over as one JSON row: the sqlite3 module
-    lets go of the GIL around every row it steps to, and getting it back from a busy event loop cost more
-    per row than the query itself (psycopg2 receives all rows in one call)."""
-    db = Action._meta.database
-    if isinstance(db.obj, pw.SqliteDatabase):
+def _select(head: str, columns: tuple[str, ...], rest: str, params: list, before: list | None = None) -> list:
+    """The rows of `head SELECT columns rest`, after the `before` writes (store.db.execute_all). SQLite hands
+    them over as one JSON row: the sqlite3 module lets go of the GIL around every row it steps to, and
+    getting it back from a busy event loop cost more per row than the query itself (psycopg2 receives all
+    rows in one call)."""
+    if isinstance(Action._meta.database.obj, pw.SqliteDatabase):
         sql = f"{head}SELECT json_group_array(json_array({', '.join(columns)})) {rest}"
-        return orjson.loads(db.execute_sql(sql, params).fetchone()[0])
-    return db.execute_sql(f"{head}SELECT {', '.join(columns)} {rest}", params).fetchall()
+        return orjson.loads(execute_all([*(before or ()), (sql, params)]).fetchone()[0])
+    return execute_all([*(before or ()), (f"{head}SELECT {', '.join(columns)} {rest}", params)]).fetchall()
 
 
 def _find_actions(keys: set[tuple[int, str]]) -> dict[tuple[int, str], Action]:
@@ -274,39 +274,39 @@ def _insert_actions(accepted: list[_Accepted]) -> None:
         a.id = ids[(a.principal.user_id, a.sub.action_id)]
 
 
-def _write_scores(accepted: list[_Accepted], stored: dict) -> None:
+def _score_writes(accepted: list[_Accepted], stored: dict) -> list[tuple[str, list]]:
     """Each touched score row's final value: one UPDATE of the stored rows, one INSERT of the new ones."""
     final: dict[tuple, tuple] = {}
     for a in accepted:  # later actions of the same row overwrite earlier ones: the last one stands
         key = _score_key(a.principal, a.sub, a.now)
         final[key] = (*key, a.new, a.reached_id(), a.now)
-    db = Score._meta.database
     updates = [row for key, row in final.items() if key in stored]
     inserts = [row for key, row in final.items() if key not in stored]
     names = ("board", "period", "user_id", "score", "reached_seq", "updated_at")
+    writes = []
     if updates:
-        db.execute_sql(_values(names, len(updates)) + 'UPDATE scores SET "score" = v.score, '
+        writes.append((_values(names, len(updates)) + 'UPDATE scores SET "score" = v.score, '
                        '"reached_seq" = v.reached_seq, "updated_at" = v.updated_at FROM v WHERE scores."board" = '
-                       'v.board AND scores."period" = v.period AND scores."user_id" = v.user_id', _flat(updates))
+                       'v.board AND scores."period" = v.period AND scores."user_id" = v.user_id', _flat(updates)))
     if inserts:
         columns = ", ".join(f'"{name}"' for name in names)
-        db.execute_sql(f"INSERT INTO scores ({columns}) VALUES {rows_sql(len(inserts), len(names))}",
-                       _flat(inserts))
+        writes.append((f"INSERT INTO scores ({columns}) VALUES {rows_sql(len(inserts), len(names))}",
+                       _flat(inserts)))
+    return writes
 
 
-def _advance_sessions(accepted: list[_Accepted]) -> None:
+def _session_write(accepted: list[_Accepted]) -> tuple[str, list]:
     """Each session's last_seq raised to the highest seq of the batch (as one UPDATE per action would)."""
     highest: dict[str, int] = {}
     for a in accepted:
         highest[a.principal.session_id] = max(a.sub.seq, highest.get(a.principal.session_id, a.sub.seq))
-    Session._meta.database.execute_sql(
-        _values(("id", "last_seq"), len(highest)) + 'UPDATE sessions SET "last_seq" = v.last_seq FROM v '
-        'WHERE sessions."id" = v.id AND sessions."last_seq" < v.last_seq', _flat(highest.items()))
+    return (_values(("id", "last_seq"), len(highest)) + 'UPDATE sessions SET "last_seq" = v.last_seq FROM v '
+            'WHERE sessions."id" = v.id AND sessions."last_seq" < v.last_seq', _flat(highest.items()))
 
 
-def _usernames(user_ids: set[int]) -> dict[int, str]:
+def _usernames(user_ids: set[int], after: list[tuple[str, list]]) -> dict[int, str]:
     rest = f'FROM users WHERE "id" IN ({", ".join([User._meta.database.param] * len(user_ids))})'
-    return dict(_select("", ('"id"', '"username"'), rest, list(user_ids)))
+    return dict(_select("", ('"id"', '"username"'), rest, list(user_ids), after))
 
 
 RECORD_CHUNK = 1000  # rows per UPDATE: 2,000 parameters, well inside SQLite's limit

@@ -252,16 +252,26 @@ def _settle(future: asyncio.Future, outcome: Any, as_reply: bool = False) -> Non
 def _pack(args: tuple) -> bytes:
     """The command in Redis's wire format, packed by hiredis (C): in Python this was about a tenth of the
     event loop's time on the submission path."""
-    if isinstance(args[0], str):  # 'CONFIG GET' and the like go out as separate words
-        args = (*args[0].encode().split(), *args[1:])
-    elif b" " in args[0]:
-        args = (*args[0].split(), *args[1:])
+    words = _command_words(args[0])
     try:
-        return hiredis.pack_command(args)
+        return hiredis.pack_command((*words, *args[1:]))
     except TypeError:
         pass
-    args = tuple(bytes(arg) if isinstance(arg, (bytearray, memoryview)) else arg for arg in args)
+    args = tuple(bytes(arg) if isinstance(arg, (bytearray, memoryview)) else arg for arg in args[1:])
     try:
-        return hiredis.pack_command(args)
+        return hiredis.pack_command((*words, *args))
     except TypeError as exc:
         raise DataError(str(exc)) from exc
+
+
+_WORDS: dict[str | bytes, tuple[bytes, ...]] = {}
+
+
+def _command_words(name: str | bytes) -> tuple[bytes, ...]:
+    """'CONFIG GET' and the like go out as separate words; a name is split once (the code has a few dozen)."""
+    words = _WORDS.get(name)
+    if words is None:
+        words = tuple((name.encode() if isinstance(name, str) else bytes(name)).split())
+        if len(_WORDS) < 1024:
+            _WORDS[name] = words
+    return words

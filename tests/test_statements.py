@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from scoreboard import audit, ledger
-from scoreboard.store.db import Statement
+from scoreboard.store.db import Statement, execute_all
 from scoreboard.store.models import Setting
 
 HOT = ["_FIND_ACTION", "_SCORE_ROW", "_INSERT_ACTION", "_INSERT_SCORE", "_UPDATE_SCORE", "_ADVANCE_SESSION",
@@ -105,3 +105,32 @@ def test_insert_returns_the_new_row_id_on_every_backend(server):
     ids, names = _on_db(server, run)
     assert names == ["st0", "st1", "st2"] and ids == sorted(set(ids))
     assert insert.compiled[type(server.app.store.db)] is not None
+
+
+def _param(server) -> str:
+    return server.app.store.db.param
+
+
+def test_execute_all_runs_statements_in_order_and_answers_with_the_last_ones_rows(server):
+    p = _param(server)
+    statements = [(f'INSERT INTO settings ("key", "value") VALUES ({p}, {p})', ["ea-1", "first"]),
+                  (f'UPDATE settings SET "value" = {p} WHERE "key" = {p}', ["second", "ea-1"]),
+                  (f'INSERT INTO settings ("key", "value") VALUES ({p}, {p})', ["ea-2", "third"]),
+                  (f'SELECT "key", "value" FROM settings WHERE "key" LIKE {p} ORDER BY "key"', ["ea-%"])]
+
+    rows = _on_db(server, lambda: [tuple(row) for row in execute_all(statements).fetchall()])
+
+    assert rows == [("ea-1", "second"), ("ea-2", "third")]
+
+
+def test_a_failing_statement_of_execute_all_leaves_the_transaction_unchanged(server):
+    p = _param(server)
+    statements = [(f'INSERT INTO settings ("key", "value") VALUES ({p}, {p})', ["eb-1", "v"]),
+                  (f'INSERT INTO settings ("key", "value") VALUES ({p}, {p})', ["eb-1", "again"]),  # key taken
+                  (f'INSERT INTO settings ("key", "value") VALUES ({p}, {p})', ["eb-2", "v"])]
+
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        _on_db(server, lambda: execute_all(statements))
+
+    kept = _on_db(server, lambda: Setting.select().where(Setting.key.startswith("eb-")).count())
+    assert kept == 0

@@ -375,6 +375,19 @@ class Statement:
         return sql, tuple(order)
 
 
+def execute_all(statements: list[tuple[str, list]]) -> Any:
+    """Run (sql, params) statements in order in the current transaction; returns the last one's cursor.
+    On PostgreSQL they go as one query string, one round trip for all (psycopg2 binds parameters on the
+    client and hands back the last statement's rows); SQLite runs them one by one."""
+    db = models.database.obj
+    if isinstance(db, pw.PostgresqlDatabase):
+        return db.execute_sql(";\n".join(sql for sql, _ in statements),
+                              [value for _, params in statements for value in params])
+    for sql, params in statements[:-1]:
+        db.execute_sql(sql, params)
+    return db.execute_sql(*statements[-1])
+
+
 def rows_sql(rows: int, width: int) -> str:
     """`(?, ?), (?, ?)`: the placeholders of `rows` rows of `width` values for the current database."""
     param = models.database.obj.param
