@@ -51,7 +51,7 @@ def open_database(url: str, timeout_s: float = 5.0) -> pw.Database:
 
 class PostgresqlDatabase(pw.PostgresqlDatabase):
     """BEGIN goes out with the transaction's first statement, not on its own: every round trip to the
-    server costs a wake-up on both sides, and a group commit makes only eight."""
+    server costs a wake-up on both sides, and a group commit makes at most seven."""
 
     def begin(self, isolation_level: Any = None) -> None:
         if isolation_level or self._isolation_level:
