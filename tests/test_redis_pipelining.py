@@ -181,3 +181,20 @@ def test_a_connection_redis_dropped_while_idle_is_replaced_before_the_next_batch
 
     assert killed == 1
     assert sorted(replies) == [2, 3, 4]
+
+
+def test_a_batch_goes_out_on_the_same_connection_while_an_earlier_one_is_unanswered(run, prefix):
+    # A 50 ms Lua loop keeps the first batch unanswered while the second is sent behind it.
+    busy = "local t = redis.call('TIME') local start = t[1] * 1e6 + t[2] " \
+           "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - start > 50000 return 'slow'"
+
+    async def scenario(client, name):
+        script = client.register_script(busy)
+        await script()  # loaded, and the connection is open
+        slow = asyncio.ensure_future(script())
+        await asyncio.sleep(0)  # the caller queues its command
+        await asyncio.sleep(0)  # the batch is written
+        quick = await client.incr(f"{prefix}quick")  # another loop turn: another batch
+        return await slow, quick, await _connections_named(name)
+
+    assert run(scenario) == (b"slow", 1, 1)  # a pool would have opened a second connection for it
