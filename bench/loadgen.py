@@ -5,14 +5,10 @@ opens one HTTP/1.1 keep-alive connection per client, and each client sends its r
 (the next one leaves when the previous answer has been read). It prints `measuring` when the measured
 phase starts, `done` when it ends, then one JSON line with the results.
 
-Plan (JSON): host, port, mode ("time" or "count"), warmup_s, seconds (time mode), count (requests per
-client in the measured phase, count mode), budget (requests built per client for the time mode),
-path, and clients: [{"token", "session_key", "seq_start"}]. Each client signs its own bodies with its
-session key, seq strictly increasing from seq_start + 1, a fresh nonce and action id per body.
-
-Time mode: requests are sent for warmup_s + seconds; those that complete within the last `seconds` are
-measured. Count mode: requests are sent for warmup_s, then every client sends exactly `count` more, and
-the measured time runs from that point to the last answer.
+Plan (JSON): host, port, warmup_s, seconds, budget (requests built per client), path, and clients:
+[{"token", "session_key", "seq_start"}]. Each client signs its own bodies with its session key, seq
+strictly increasing from seq_start + 1, a fresh nonce and action id per body. Requests are sent for
+warmup_s + seconds; those that complete within the last `seconds` are measured.
 """
 
 from __future__ import annotations
@@ -54,9 +50,8 @@ class Client:
         self.sent = 0
         self.exhausted = False
 
-    async def run(self, host: str, port: int, until: list[float], measure_from: list[float],
-                  measured_quota: int | None = None) -> None:
-        """Send back to back until the clock passes until[0] (or the quota of measured requests is met)."""
+    async def run(self, host: str, port: int, until: list[float], measure_from: list[float]) -> None:
+        """Send back to back until the clock passes until[0]."""
         reader, writer = await asyncio.open_connection(host, port)
         perf = time.perf_counter
         latencies, requests = self.latencies, self.requests
@@ -75,8 +70,6 @@ class Client:
                     latencies.append(finished - started)
                     if head[9:12] != b"200":
                         self._count_error(head, body)
-                    if measured_quota is not None and len(latencies) >= measured_quota:
-                        break
             else:
                 self.exhausted = True
         finally:
@@ -102,35 +95,27 @@ def _content_length(head: bytes) -> int:
 
 async def run(plan: dict) -> dict:
     host, port, path = plan["host"], plan["port"], plan.get("path", "/scores/update")
-    warmup, mode = plan["warmup_s"], plan["mode"]
+    warmup = plan["warmup_s"]
     now_ms = time.time_ns() // 1_000_000
     built = time.perf_counter()
-    per_client = plan["budget"] if mode == "time" else plan["budget"] + plan["count"]
-    clients = [Client(build_requests(host, port, path, c, per_client, now_ms)) for c in plan["clients"]]
+    clients = [Client(build_requests(host, port, path, c, plan["budget"], now_ms)) for c in plan["clients"]]
     build_s = time.perf_counter() - built
     start = time.perf_counter()
     measure_from = [start + warmup]
-    if mode == "time":
-        until = [start + warmup + plan["seconds"]]
-        quota = None
-    else:
-        until = [start + warmup + plan.get("max_seconds", 120.0)]
-        quota = plan["count"]
+    until = [start + warmup + plan["seconds"]]
     cpu_at_start: list[float] = []
     watcher = asyncio.ensure_future(_announce(measure_from[0], cpu_at_start))
-    await asyncio.gather(*(c.run(host, port, until, measure_from, quota) for c in clients))
-    finished = time.perf_counter()
+    await asyncio.gather(*(c.run(host, port, until, measure_from) for c in clients))
     cpu_end = time.process_time()
     await watcher
     print("done", flush=True)
-    elapsed = (until[0] if mode == "time" else finished) - measure_from[0]
+    elapsed = until[0] - measure_from[0]
     statuses: dict[str, int] = {}
     for client in clients:
         for key, count in client.statuses.items():
             statuses[key] = statuses.get(key, 0) + count
     latencies = sorted(x for c in clients for x in c.latencies)
     return {
-        "mode": mode,
         "clients": len(clients),
         "measured": len(latencies),
         "elapsed_s": elapsed,

@@ -264,20 +264,16 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> list
         server = start_scoreboard(raw, workdir, args.uvloop)
         hello = start_hello(workdir, args.uvloop, args.cpu)
         players = make_players(server.url, args.clients)
-        total_s = args.warmup + args.seconds
-        budget = math.ceil(args.max_rps * total_s / args.clients)
+        budget = math.ceil(args.max_rps * (args.warmup + args.seconds) / args.clients)
+        plan = {"warmup_s": args.warmup, "seconds": args.seconds, "cpus": away, "budget": budget}
         rows = []
         for number in range(1, args.rounds + 1):
-            plan = {"mode": "time", "warmup_s": args.warmup, "seconds": args.seconds, "cpus": away,
-                    "budget": budget}
             spy_path = f"{args.py_spy.removesuffix(Path(args.py_spy).suffix)}-{backend}{Path(args.py_spy).suffix}" \
                 if args.py_spy and number == 1 else None
             scoreboard = load(server.url, players, plan, workdir, server.pid, spy_path)
             for player in players:  # the next round's requests carry higher seqs
                 player["seq_start"] += budget
-            # The baseline: the same clients and request shape for as long, right after.
-            plan = {"mode": "time", "warmup_s": args.warmup, "seconds": args.seconds, "cpus": away,
-                    "budget": budget}
+            # The baseline: the same clients, request shape and plan, right after.
             baseline = load(hello.url, players, plan, workdir, hello.pid)
             rows.append({"backend": backend, "round": number, "scoreboard": scoreboard, "hello": baseline,
                          "py_spy": spy_path, "commits": None})
