@@ -75,9 +75,8 @@ def chain_writes(entries: list[tuple[Context, str, str, Any, Any, int]]) -> list
         params.extend((*content, prev_hash, digest))
         prev_hash = digest
     columns = ", ".join(f'"{name}"' for name in (*HASHED_FIELDS, "prev_hash", "hash"))
-    param = Setting._meta.database.param
     return [(f"INSERT INTO audit_log ({columns}) VALUES {rows_sql(len(entries), len(HASHED_FIELDS) + 2)}", params),
-            (f'UPDATE settings SET "value" = {param} WHERE "key" = {param}', [prev_hash, HEAD_KEY])]
+            _SET_HEAD.bound(prev_hash, HEAD_KEY)]
 
 
 def _lock_head() -> str:

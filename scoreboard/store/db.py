@@ -306,13 +306,7 @@ class Store:
         """Batch handlers only, without a savepoint each (two round trips per run on PostgreSQL): a handler
         decides its refusals before writing, so one that raises is a surprise, and the whole transaction is
         rolled back and run again carefully."""
-        outcomes = []
-        for handler, run in runs:
-            answered = handler([job.item for job in run])
-            if len(answered) != len(run):
-                raise RuntimeError(f"batch handler answered {len(answered)} of {len(run)} jobs")
-            outcomes.extend(answered)
-        return outcomes
+        return [outcome for handler, run in runs for outcome in _handled(handler, run)]
 
     def _run_carefully(self, runs: list[tuple[Callable | None, list[Job]]]) -> list[tuple[bool, Any]]:
         """Each run in a savepoint of its own, so one that fails costs only its own jobs."""
@@ -338,9 +332,7 @@ class Store:
     def _run_together(self, handler: Callable, run: list[Job]) -> list[tuple[bool, Any]]:
         try:
             with self.db.atomic():
-                outcomes = handler([job.item for job in run])
-                if len(outcomes) != len(run):
-                    raise RuntimeError(f"batch handler answered {len(outcomes)} of {len(run)} jobs")
+                outcomes = _handled(handler, run)
             self.stats.handled_together += len(run)
             return outcomes
         except (pw.OperationalError, pw.InterfaceError):
@@ -363,6 +355,14 @@ class Store:
             return False, exc
 
 
+def _handled(handler: Callable, run: list[Job]) -> list[tuple[bool, Any]]:
+    """A batch handler's outcomes for `run`, one per job."""
+    outcomes = handler([job.item for job in run])
+    if len(outcomes) != len(run):
+        raise RuntimeError(f"batch handler answered {len(outcomes)} of {len(run)} jobs")
+    return outcomes
+
+
 class Statement:
     """A hot statement whose SQL peewee generates once per kind of database; later calls only bind values.
 
@@ -382,16 +382,19 @@ class Statement:
 
     def cursor(self, *values: Any) -> Any:
         """Run with `values` on this thread's connection (inside the caller's transaction, if any)."""
-        db = models.database.obj
-        kind = type(db)
+        return models.database.obj.execute_sql(*self.bound(*values))
+
+    def bound(self, *values: Any) -> tuple[str, list]:
+        """(sql, params) with `values`, to run later (execute_all) or now (cursor)."""
+        kind = type(models.database.obj)
         if kind not in self.compiled:
             self.compiled[kind] = self._compile()
         compiled = self.compiled[kind]
         if compiled is None or None in values:
             sql, params = self.build(*values).sql()
-            return db.execute_sql(sql, params)
+            return sql, list(params)
         sql, order = compiled
-        return db.execute_sql(sql, [values[i] for i in order])
+        return sql, [values[i] for i in order]
 
     def insert(self, *values: Any) -> int:
         """Run an INSERT; returns the new row's id (RETURNING where the database has it)."""
