@@ -8,6 +8,7 @@ lot (Store.register_batch), with the same outcomes. Refusals are decided before 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,15 +218,16 @@ def _flat(rows) -> list:
     return [value for row in rows for value in row]
 
 
-def _select(head: str, columns: tuple[str, ...], rest: str, params: list, before: list | None = None) -> list:
-    """The rows of `head SELECT columns rest`, after the `before` writes (store.db.execute_all). SQLite hands
+def _select(head: str, columns: tuple[str, ...], rest: str, params: list,
+            writes_first: Sequence[tuple[str, list]] = ()) -> list:
+    """The rows of `head SELECT columns rest`, run after `writes_first` (store.db.execute_all). SQLite hands
     them over as one JSON row: the sqlite3 module lets go of the GIL around every row it steps to, and
     getting it back from a busy event loop cost more per row than the query itself (psycopg2 receives all
     rows in one call)."""
     if isinstance(Action._meta.database.obj, pw.SqliteDatabase):
         sql = f"{head}SELECT json_group_array(json_array({', '.join(columns)})) {rest}"
-        return orjson.loads(execute_all([*(before or ()), (sql, params)]).fetchone()[0])
-    return execute_all([*(before or ()), (f"{head}SELECT {', '.join(columns)} {rest}", params)]).fetchall()
+        return orjson.loads(execute_all([*writes_first, (sql, params)]).fetchone()[0])
+    return execute_all([*writes_first, (f"{head}SELECT {', '.join(columns)} {rest}", params)]).fetchall()
 
 
 def _find_actions(keys: set[tuple[int, str]]) -> dict[tuple[int, str], Action]:
@@ -304,9 +306,9 @@ def _session_write(accepted: list[_Accepted]) -> tuple[str, list]:
             'WHERE sessions."id" = v.id AND sessions."last_seq" < v.last_seq', _flat(highest.items()))
 
 
-def _usernames(user_ids: set[int], after: list[tuple[str, list]]) -> dict[int, str]:
+def _usernames(user_ids: set[int], writes_first: list[tuple[str, list]]) -> dict[int, str]:
     rest = f'FROM users WHERE "id" IN ({", ".join([User._meta.database.param] * len(user_ids))})'
-    return dict(_select("", ('"id"', '"username"'), rest, list(user_ids), after))
+    return dict(_select("", ('"id"', '"username"'), rest, list(user_ids), writes_first))
 
 
 RECORD_CHUNK = 1000  # rows per UPDATE: 2,000 parameters, well inside SQLite's limit
