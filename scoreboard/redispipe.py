@@ -155,7 +155,7 @@ class _Batch:
 
     def fail(self, error: BaseException) -> None:
         for future in self.futures[self.replied:]:
-            _settle(future, error)
+            _fail(future, error)
         self.replied = len(self.futures)
 
 
@@ -205,7 +205,9 @@ class _Line:
     def _hand_out(self) -> None:
         while (reply := self.parser.gets()) is not _INCOMPLETE:
             batch = self.sent[0]
-            _settle(batch.futures[batch.replied], reply, as_reply=True)
+            future = batch.futures[batch.replied]
+            if not future.done():  # an error reply is a reply too: its caller raises it (_parsed)
+                future.set_result(reply)
             batch.replied += 1
             if batch.replied == len(batch.futures):
                 self.sent.popleft()
@@ -237,16 +239,13 @@ class _Script:
             return await self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
-def _settle(future: asyncio.Future, outcome: Any, as_reply: bool = False) -> None:
-    """A reply (an error reply included: the caller raises it) or a failure of the whole line."""
+def _fail(future: asyncio.Future, error: BaseException) -> None:
     if future.done():  # the caller was cancelled meanwhile
         return
-    if as_reply:
-        future.set_result(outcome)
-    elif isinstance(outcome, asyncio.CancelledError):
+    if isinstance(error, asyncio.CancelledError):
         future.cancel()
     else:
-        future.set_exception(outcome)
+        future.set_exception(error)
 
 
 def _pack(args: tuple) -> bytes:
