@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from scoreboard.store import migrations
-from scoreboard.store.db import PostgresqlDatabase, open_database
+from scoreboard.store.db import open_database
 
 from conftest import require_postgres
 from harness import create_schema, drop_schema
@@ -35,9 +35,18 @@ def _seen(observer, key: str) -> bool:
     return observer.execute_sql('SELECT 1 FROM settings WHERE "key" = %s', (key,)).fetchone() is not None
 
 
-def test_the_database_for_a_postgresql_url_defers_its_begin(databases):
-    tested, _ = databases
-    assert isinstance(tested, PostgresqlDatabase)
+def _state_of(observer, pid: int) -> str:
+    return observer.execute_sql("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
+
+
+def test_the_server_sees_no_transaction_until_its_first_statement(databases):
+    tested, observer = databases
+    pid = tested.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+    with tested.atomic():
+        before_any = _state_of(observer, pid)  # an eager BEGIN would already show "idle in transaction"
+        _put(tested, "first")
+        after_first = _state_of(observer, pid)
+    assert (before_any, after_first) == ("idle", "idle in transaction")
 
 
 def test_writes_in_a_transaction_stay_unseen_until_it_commits(databases):
