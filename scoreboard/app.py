@@ -118,15 +118,14 @@ class App:
         self.scores = Scores(self.config, self.store, self.kv, self.index, self.bus, self.users, self.clock,
                              self.boards.stale)
         self.hub = Hub(self.config, self.bus, self.kv, self.index, self.boards, self.users, self.clock, self.metrics)
-        self.scores.accepted_listeners.append(self.boards.on_accepted)
-        self.scores.announce_listeners.append(self.hub.on_accepted)
+        self.scores.accepted_listeners += [self.boards.on_accepted, self.hub.on_accepted]
         db_config = self.config.database
         if db_config.writer == "process" and ":memory:" not in db_config.url:
             await self.store.start_process(db_config.url, db_config.timeout_s, self.config.server.cpus)
         self.users.revoked_listeners.append(self.hub.announce_revoked)
         await self.bus.subscribe(REVOCATIONS_CHANNEL, self.hub.on_revoked)
         self.closers.insert(0, self.hub.close)  # before the bus: close WebSockets (1001), stop ticks
-        self.closers.insert(0, self.scores.flush)  # first: acknowledged actions announced, results recorded
+        self.closers.insert(0, self.scores.flush)  # before the store: the acknowledged results recorded
         if self.bus.shared:  # other processes' submissions; this one's reach Boards as accepted_listeners
             await self.bus.subscribe(SCORES_CHANNEL, self.boards.on_score_event)
         if self.config.cache.rebuild_on_start:

@@ -36,13 +36,8 @@ class Scores:
         self.per_user = Limit.parse(config.ratelimit.per_user)
         self.per_address = Limit.parse(config.ratelimit.per_address)
         self.window_ms = config.signing.window_s * 1000
-        # Called in this process with each accepted action's event before its response goes out: this
-        # process's caches (the page cache), which a read right after the response must not find stale.
+        # Called in this process with each accepted action's event (the hub's user and top-N triggers).
         self.accepted_listeners: list = []
-        # Called after the response, once the event is on the bus (the hub's user event and top-N tick):
-        # a response waits on no publish (PROTOCOL: the event follows the acknowledgement).
-        self.announce_listeners: list = []
-        self.announcing: set[asyncio.Task] = set()
         # Board periods whose index missed a committed action (cache down): Boards rebuilds them before
         # their next read.
         self.stale_boards = stale_boards
@@ -206,31 +201,17 @@ class Scores:
                  "period": period, "score": committed.score, "previous_score": committed.previous,
                  "rank": rank, "previous_rank": previous_rank, "total": total, "action_id": sub.action_id,
                  "type": sub.type, "points": sub.points, "at": now}
-        for listener in self.accepted_listeners:
-            await listener(event)
-        # Tasks start in creation order, so one user's events are published in the order of their commits.
-        task = asyncio.ensure_future(self._announce(event))
-        self.announcing.add(task)
-        task.add_done_callback(self.announcing.discard)
-        return result
-
-    async def _announce(self, event: dict) -> None:
         try:
             await self.bus.publish(SCORES_CHANNEL, wire.dumps(event))
         except Unavailable:
-            log.warning("score event for action %s not published: bus unavailable", event["action_id"])
-        # They run even when the bus is down: the hub's own subscribers are in this process.
-        for listener in self.announce_listeners:
-            try:
-                await listener(event)
-            except Exception:
-                log.exception("announcing action %s failed", event["action_id"])
+            log.warning("score event for action %s not published: bus unavailable", sub.action_id)
+        # This process's own listeners run even when the bus is down (its page cache must still drop).
+        for listener in self.accepted_listeners:
+            await listener(event)
+        return result
 
     async def flush(self) -> None:
-        """Wait until every acknowledged action is announced and its result recorded: on shutdown, before
-        the bus and the store close."""
-        while self.announcing:
-            await asyncio.gather(*self.announcing, return_exceptions=True)
+        """Wait until every acknowledged result is recorded: on shutdown, before the store closes."""
         while self.recording is not None:
             try:
                 await self.recording
