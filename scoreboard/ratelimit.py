@@ -41,7 +41,7 @@ async def check_all(kv: KV, limits: list[LimitSpec], now_ms: int) -> None:
     """Count one request against each limit in turn, in one KV step; raise RateLimited for the first that
     refuses (the ones before it stay counted, the ones after it are not)."""
     decisions = await kv.rate_limits(limits, now_ms)
-    _refuse_unless_allowed(decisions[-1])
+    refuse_unless_allowed(decisions[-1])
 
 
 async def check(kv: KV, key: str, limit: Limit, now_ms: int, cost: int = 1) -> RateDecision:
@@ -50,11 +50,16 @@ async def check(kv: KV, key: str, limit: Limit, now_ms: int, cost: int = 1) -> R
         # GCRA could never allow it, and a Retry-After would promise otherwise.
         raise ValueError(f"cost {cost} exceeds the burst of {limit}")
     decision = await kv.rate_limit(key, limit.rate, limit.period_ms, limit.burst, now_ms, cost)
-    _refuse_unless_allowed(decision)
+    refuse_unless_allowed(decision)
     return decision
 
 
-def _refuse_unless_allowed(decision: RateDecision) -> None:
+def refuse_unless_allowed(decision: RateDecision) -> None:
     if not decision.allowed:
-        raise RateLimited(retry_after_s=-(-decision.retry_after_ms // 1000), limit=decision.limit,
-                          remaining=decision.remaining)
+        raise refusal(decision)
+
+
+def refusal(decision: RateDecision) -> RateLimited:
+    """The 429 for a refusing decision, with its Retry-After and X-RateLimit-* values."""
+    return RateLimited(retry_after_s=-(-decision.retry_after_ms // 1000), limit=decision.limit,
+                       remaining=decision.remaining)

@@ -1,9 +1,12 @@
 """Score submission (PROTOCOL "Submitting a score"): the whole path from raw request to live event.
 
-Order: gateway limits -> auth -> signature over the raw bytes -> parse -> freshness (ts window, nonce,
-seq) -> action rules -> one transaction (action + score + audit) -> leaderboard index -> response ->
-bus event. A 200 is sent only after the transaction committed; a store that is down gives 503 and the
-nonce and seq are given back, so the client can retry the very same request.
+Checks, in the order their refusals take precedence: gateway limits -> auth -> signature over the raw
+bytes -> parse -> freshness (ts window, nonce, seq) -> action rules. Once the caller is known, the limits
+are counted in the same KV step as the nonce and seq (`KV.reserve`'s gates: one Redis call, not two); a
+request refused before that step is counted against them on its way out, so its 429 still comes first.
+Then one transaction (action + score + audit) -> leaderboard index -> bus event -> response. A 200 is
+sent only after the transaction committed; a store that is down gives 503 and the nonce and seq are given
+back, so the client can retry the very same request.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from . import ledger, rules, signing, wire
 from .clock import Clock
 from .config import Config
 from .errors import OutOfSequence, Replay, ScoreboardError, ScoreRejected, StaleTimestamp, Unavailable
-from .kv import KV, LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
+from .kv import KV, LimitSpec, NonceUsed, NotGreater, RateDecision, Refused, Reserved, SeqUnknown
 from .leaderboard import Entry, Index
 from .periods import period_of
-from .ratelimit import Limit, check_all
+from .ratelimit import Limit, check_all, refusal
 from .store.db import Store
 from .users import ClientInfo, Principal, Users
 
@@ -61,15 +64,20 @@ class Scores:
     async def submit(self, raw_body: bytes, signature: str | None, authorization: str | None,
                      client: ClientInfo) -> dict:
         now = self.clock.now_ms()
-        principal = await self._admitted(authorization, client, now)
-        signing.verify(principal.session_key, raw_body, signature)
-        sub = rules.parse(wire.loads_object(raw_body), self.config)
+        principal = await self._authenticated(authorization, client, now)
+        gates = self._gates(principal, client)
+        try:
+            signing.verify(principal.session_key, raw_body, signature)
+            sub = rules.parse(wire.loads_object(raw_body), self.config)
+        except ScoreboardError:
+            await check_all(self.kv, gates, now)  # a 429 comes first, and the refused request counts too
+            raise
         try:  # checked now, raised in its turn below: it decides whether reserve counts the rule's limit
             rule, refusal = rules.check_action(sub, self.config), None
         except ScoreRejected as exc:
             rule, refusal = None, exc
         try:
-            reserved = await self._reserve(principal, sub, now, rule)
+            reserved = await self._reserve(principal, sub, now, rule, gates)
         except (StaleTimestamp, Replay, OutOfSequence):
             stored = await self._stored_result(principal.user_id, sub)
             if stored is None:
@@ -95,29 +103,36 @@ class Scores:
             return await self._with_rank(committed.duplicate_result, principal.user_id, sub)
         return await self._publish(principal, sub, committed, now)
 
-    async def _admitted(self, authorization: str | None, client: ClientInfo, now: int) -> Principal:
-        """Auth and the gateway limits: once the caller is known both limits are counted in one KV step.
-        A request that auth refuses still counts against its address, and a 429 still comes first."""
-        per_address = _spec(f"rl:a:{client.address}", self.per_address)
+    async def _authenticated(self, authorization: str | None, client: ClientInfo, now: int) -> Principal:
+        """Auth; a request that it refuses still counts against its address (and a 429 comes first)."""
         try:
-            principal = await self.users.authenticate(authorization)
+            return await self.users.authenticate(authorization)
         except ScoreboardError:
-            await check_all(self.kv, [per_address], now)
+            await check_all(self.kv, [_spec(f"rl:a:{client.address}", self.per_address)], now)
             raise
-        await check_all(self.kv, [per_address, _spec(f"rl:u:{principal.user_id}", self.per_user)], now)
-        return principal
+
+    def _gates(self, principal: Principal, client: ClientInfo) -> list[LimitSpec]:
+        """The gateway limits of a known caller, counted in this order before anything else."""
+        return [_spec(f"rl:a:{client.address}", self.per_address),
+                _spec(f"rl:u:{principal.user_id}", self.per_user)]
 
     # ---- freshness ------------------------------------------------------------------------------
 
-    async def _reserve(self, principal: Principal, sub: rules.Submission, now: int, rule) -> Reserved:
-        """Nonce and seq; with a rule, its per-minute limit is counted in the same step (decided later)."""
+    async def _reserve(self, principal: Principal, sub: rules.Submission, now: int, rule,
+                       gates: list[LimitSpec]) -> Reserved:
+        """The gates, then nonce and seq; with a rule, its per-minute limit is counted in the same step
+        (decided later)."""
         if abs(sub.ts - now) > self.window_ms:
+            await check_all(self.kv, gates, now)
             raise StaleTimestamp(f"ts is more than {self.config.signing.window_s} s from server time")
         nonce_key = f"nonce:{principal.user_id}:{sub.nonce}"
         try:  # the nonce and the seq in one step while the cache knows the session's seq
             return await self.kv.reserve(nonce_key, 2 * self.window_ms + 1000, f"seq:{principal.session_id}",
                                          sub.seq, now, self.config.auth.refresh_ttl_s * 1000,
-                                         None if rule is None else self._rule_limit(principal.user_id, rule))
+                                         None if rule is None else self._rule_limit(principal.user_id, rule),
+                                         gates)
+        except Refused as exc:
+            raise refusal(exc.decision) from None
         except NonceUsed:
             raise Replay("this nonce was already used") from None
         except NotGreater as exc:

@@ -11,7 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from scoreboard import errors
-from scoreboard.kv import LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
+from scoreboard.kv import LimitSpec, NonceUsed, NotGreater, RateDecision, Refused, Reserved, SeqUnknown
 from scoreboard.kv.memory import MemoryKV
 from scoreboard.kv.redis import RedisKV
 
@@ -266,8 +266,9 @@ def test_retreat_leaves_a_newer_value_alone(kv, run):
 # reserve: set_nx of a nonce and advance of a known sequence mark, as one step
 
 
-def _reserve(kv, seq: int, nonce: str = "n1", now: int = NOW, limit: LimitSpec | None = None):
-    return kv.reserve(f"nonce:{nonce}", 2000, "seq", seq, now, 1000, limit)
+def _reserve(kv, seq: int, nonce: str = "n1", now: int = NOW, limit: LimitSpec | None = None,
+             gates: tuple[LimitSpec, ...] = ()):
+    return kv.reserve(f"nonce:{nonce}", 2000, "seq", seq, now, 1000, limit, gates)
 
 
 def test_reserve_stores_the_nonce_and_advances_the_mark(kv, run):
@@ -334,6 +335,57 @@ def test_reserve_concurrent_same_nonce_exactly_one_wins(kv, run):
     run(kv.set("seq", b"0", NOW, ttl_ms=1000))
     results = run(_gather(*(_reserve(kv, seq) for seq in range(1, 11)), return_exceptions=True))
     assert sum(not isinstance(r, NonceUsed) for r in results) == 1
+
+
+# reserve's gates: rate limits counted first, in the same step
+
+
+def test_reserve_counts_its_gates_exactly_as_rate_limits_does(kv, run):
+    run(kv.set("seq", b"0", NOW, ttl_ms=60_000))
+    gates = (LimitSpec("a", 5, 1000, 5), LimitSpec("u", 3, 1000, 3))
+    for seq in (1, 2, 3):
+        run(_reserve(kv, seq, nonce=f"n{seq}", gates=gates))
+    twins = [LimitSpec(f"twin-{gate.key}", gate.rate, gate.period_ms, gate.burst) for gate in gates]
+    for _ in range(3):
+        run(kv.rate_limits(twins, NOW))
+    assert [run(kv.get(gate.key, NOW)) for gate in gates] == [run(kv.get(twin.key, NOW)) for twin in twins]
+
+
+def test_reserve_refused_by_a_gate_gives_its_decision_and_reserves_nothing(kv, run):
+    run(kv.set("seq", b"4", NOW, ttl_ms=1000))
+    counted, spent = LimitSpec("counted", 5, 1000, 5), LimitSpec("spent", 1, 1000, 1)
+    run(kv.rate_limit("spent", 1, 1000, 1, NOW))
+    with pytest.raises(Refused) as raised:
+        run(_reserve(kv, 5, gates=(counted, spent), limit=LimitSpec("rule", 1, 60_000, 1)))
+    assert raised.value.decision == run(kv.rate_limits([LimitSpec("twin", 1, 1000, 1)] * 2, NOW))[-1]
+    assert (run(kv.get("nonce:n1", NOW)), run(kv.get("seq", NOW))) == (None, b"4")
+    assert run(kv.rate_limit("counted", 5, 1000, 5, NOW)).remaining == 3  # the gate before it stays counted
+    assert run(kv.rate_limit("rule", 1, 60_000, 1, NOW)).allowed  # the rule's limit was not counted
+
+
+def test_reserve_refusal_stops_at_the_first_gate_that_refuses(kv, run):
+    spent, after = LimitSpec("spent", 1, 1000, 1), LimitSpec("after", 5, 1000, 5)
+    run(kv.rate_limit("spent", 1, 1000, 1, NOW))
+    with pytest.raises(Refused) as raised:
+        run(_reserve(kv, 5, gates=(spent, after)))
+    assert raised.value.decision.limit == 1
+    assert run(kv.rate_limit("after", 5, 1000, 5, NOW)).remaining == 4  # never counted
+
+
+def test_reserve_counts_its_gates_even_when_the_nonce_is_used(kv, run):
+    gate = LimitSpec("gate", 5, 1000, 5)
+    run(kv.set_nx("nonce:n1", b"1", NOW, 2000))
+    with pytest.raises(NonceUsed):
+        run(_reserve(kv, 5, gates=(gate,)))
+    assert run(kv.rate_limit("gate", 5, 1000, 5, NOW)).remaining == 3
+
+
+def test_reserve_concurrent_calls_pass_a_gate_exactly_burst_times(kv, run):
+    run(kv.set("seq", b"0", NOW, ttl_ms=1000))
+    gate = LimitSpec("gate", 10, 1000, 10)
+    results = run(_gather(*(_reserve(kv, seq, nonce=f"n{seq}", gates=(gate,)) for seq in range(1, 12)),
+                          return_exceptions=True))
+    assert sum(isinstance(r, Refused) for r in results) == 1
 
 
 # backend specifics

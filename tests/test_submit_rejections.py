@@ -472,3 +472,29 @@ def test_the_per_address_limit_comes_before_authentication_and_counts_refused_to
     assert_error(limited, 429, "rate_limited")
     assert limited.headers["x-ratelimit-limit"] == "3"
     assert limited.headers["x-ratelimit-remaining"] == "0"
+
+
+USED_NONCE = "nonce-used-once-already"
+REFUSED_AFTER_AUTH = {
+    "bad signature": lambda player, clock: player.send(encode(player.body(1)), signature="sha256=" + "0" * 64),
+    "invalid body": lambda player, clock: player.send(b"[1, 2, 3]"),
+    "stale ts": lambda player, clock: player.send(encode(player.body(1, ts=clock.now_ms() - 3_600_000))),
+    "replayed nonce": lambda player, clock: player.send(encode({**player.body(1), "nonce": USED_NONCE})),
+}
+
+
+@pytest.mark.parametrize("refused", list(REFUSED_AFTER_AUTH.values()), ids=list(REFUSED_AFTER_AUTH))
+def test_a_request_refused_after_authentication_counts_against_the_user_limit_and_then_gets_429(
+        server_factory, clock, refused):
+    server = server_factory({"ratelimit": {"per_user": "3/m"}}, clock=clock)
+    player = Player(Http(server.url), "alice", clock_ms=clock.now_ms)
+    assert player.send(encode({**player.body(1), "nonce": USED_NONCE})).status == 200  # counted: 1 of 3
+
+    first = refused(player, clock)  # counted: 2 of 3
+    assert first.status in (400, 401, 409), first.raw[:300]
+    assert player.submit(1).status == 200  # counted: 3 of 3
+
+    with database_unchanged(server):
+        over = refused(player, clock)
+    assert_error(over, 429, "rate_limited")  # 429 before the request's own refusal
+    assert over.headers["x-ratelimit-limit"] == "3"

@@ -7,6 +7,7 @@ Every time is in Unix milliseconds and comes from the caller (`now_ms`), so expi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,12 +50,14 @@ class KV(Protocol):
         """Undo an `advance`: put back `previous` only if the stored value is still `value`."""
 
     async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
-                      seq_ttl_ms: int, limit: LimitSpec | None = None) -> Reserved:
-        """`set_nx(nonce_key, b"1")` then `advance(seq_key, seq)` as one atomic step, for a mark that is
-        present, then (with `limit`) `rate_limit` of one request: returns the mark's previous value and
-        the limit's decision. Raises `NonceUsed` when the nonce is live (nothing changes), `NotGreater`
-        when the mark is not below `seq` (nothing changes), `SeqUnknown` when the mark is absent (the
-        nonce is stored; the mark stays absent for the caller to rebuild; the limit is not counted)."""
+                      seq_ttl_ms: int, limit: LimitSpec | None = None, gates: Sequence[LimitSpec] = ()) -> Reserved:
+        """`rate_limits(gates)` first, then `set_nx(nonce_key, b"1")` and `advance(seq_key, seq)` for a
+        mark that is present, then (with `limit`) `rate_limit` of one request, all as one atomic step:
+        returns the mark's previous value and the limit's decision. Raises `Refused` with the decision
+        of the first gate that refuses (the gates before it stay counted, nothing else changes),
+        `NonceUsed` when the nonce is live, `NotGreater` when the mark is not below `seq` (for these two
+        only the gates changed), `SeqUnknown` when the mark is absent (the gates are counted and the
+        nonce stored; the mark stays absent for the caller to rebuild; the limit is not counted)."""
 
     async def close(self) -> None: ...
 
@@ -75,6 +78,14 @@ class Reserved:
 
     previous: int | None
     decision: RateDecision | None = None
+
+
+class Refused(Exception):
+    """reserve: a gate (a rate limit counted before anything else) refused the request."""
+
+    def __init__(self, decision: RateDecision) -> None:
+        super().__init__(f"refused: {decision}")
+        self.decision = decision
 
 
 class NonceUsed(Exception):

@@ -6,7 +6,9 @@ interleave between a read and its write: that is what makes set_nx, rate_limit a
 
 from __future__ import annotations
 
-from scoreboard.kv import LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
+from collections.abc import Sequence
+
+from scoreboard.kv import LimitSpec, NonceUsed, NotGreater, RateDecision, Refused, Reserved, SeqUnknown
 
 # Expired entries are dropped lazily when read; a full sweep runs once the writes since the last sweep
 # reach the size that sweep left (at least this many), so sweeping costs O(1) per write amortised and
@@ -76,7 +78,11 @@ class MemoryKV:
             self._put(key, str(previous).encode(), now_ms, ttl_ms)
 
     async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
-                      seq_ttl_ms: int, limit: LimitSpec | None = None) -> Reserved:
+                      seq_ttl_ms: int, limit: LimitSpec | None = None, gates: Sequence[LimitSpec] = ()) -> Reserved:
+        for gate in gates:
+            decision = self._rate_limit(gate.key, gate.rate, gate.period_ms, gate.burst, now_ms, 1)
+            if not decision.allowed:
+                raise Refused(decision)
         if self._live(nonce_key, now_ms) is not None:
             raise NonceUsed(nonce_key)
         stored = self._live(seq_key, now_ms)

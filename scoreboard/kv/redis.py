@@ -10,7 +10,7 @@ Lua script, so it is atomic across processes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ParamSpec, TypeVar
 
 import redis.asyncio
@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scoreboard.errors import Unavailable
-from scoreboard.kv import LimitSpec, NonceUsed, NotGreater, RateDecision, Reserved, SeqUnknown
+from scoreboard.kv import LimitSpec, NonceUsed, NotGreater, RateDecision, Refused, Reserved, SeqUnknown
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -93,18 +93,26 @@ if cur then return {1, cur} end
 return {1}
 """
 
-# KEYS: nonce, seq mark[, limit]; ARGV: now_ms, nonce_ttl_ms, seq, seq_ttl_ms[, interval_us, tolerance_us]
-# -> {0} nonce used, {2, current} not greater, {3} no mark (nonce stored), {1, previous[, gcra's 4]} reserved
+# KEYS: gates (G of them), nonce, seq mark[, limit]
+# ARGV: now_ms, G, interval_us and tolerance_us of each gate, nonce_ttl_ms, seq, seq_ttl_ms[, interval_us,
+# tolerance_us] -> {4, gate index, gcra's last 3} a gate refused, {0} nonce used, {2, current} not greater,
+# {3} no mark (nonce stored), {1, previous[, gcra's 4]} reserved
 _RESERVE = _LUA_HELPERS + _GCRA + """
 local now = tonumber(ARGV[1])
-if live(KEYS[1], now) then return {0} end
-local cur = live(KEYS[2], now)
-if cur and tonumber(cur) >= tonumber(ARGV[3]) then return {2, cur} end
-put(KEYS[1], '1', now, tonumber(ARGV[2]))
+local gates = tonumber(ARGV[2])
+for i = 1, gates do
+  local d = gcra(KEYS[i], now, tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i]), 1)
+  if d[1] == 0 then return {4, i, d[2], d[3], d[4]} end
+end
+local nonce, mark, limit, a = KEYS[gates + 1], KEYS[gates + 2], KEYS[gates + 3], 2 + 2 * gates
+if live(nonce, now) then return {0} end
+local cur = live(mark, now)
+if cur and tonumber(cur) >= tonumber(ARGV[a + 2]) then return {2, cur} end
+put(nonce, '1', now, tonumber(ARGV[a + 1]))
 if not cur then return {3} end
-put(KEYS[2], ARGV[3], now, tonumber(ARGV[4]))
-if not KEYS[3] then return {1, cur} end
-local d = gcra(KEYS[3], now, tonumber(ARGV[5]), tonumber(ARGV[6]), 1)
+put(mark, ARGV[a + 2], now, tonumber(ARGV[a + 3]))
+if not limit then return {1, cur} end
+local d = gcra(limit, now, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), 1)
 return {1, cur, d[1], d[2], d[3], d[4]}
 """
 
@@ -204,11 +212,15 @@ class RedisKV:
 
     @_unavailable_when_down
     async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
-                      seq_ttl_ms: int, limit: LimitSpec | None = None) -> Reserved:
+                      seq_ttl_ms: int, limit: LimitSpec | None = None, gates: Sequence[LimitSpec] = ()) -> Reserved:
         _check_ttl(nonce_ttl_ms)
         _check_ttl(seq_ttl_ms)
-        keys = [self._prefix + nonce_key, self._prefix + seq_key]
-        args = [now_ms, nonce_ttl_ms, seq, seq_ttl_ms]
+        keys = [self._prefix + gate.key for gate in gates]
+        args = [now_ms, len(gates)]
+        for gate in gates:
+            args.extend(_gcra_args(gate.rate, gate.period_ms, gate.burst))
+        keys += [self._prefix + nonce_key, self._prefix + seq_key]
+        args += [nonce_ttl_ms, seq, seq_ttl_ms]
         if limit is not None:
             keys.append(self._prefix + limit.key)
             args.extend(_gcra_args(limit.rate, limit.period_ms, limit.burst))
@@ -219,6 +231,9 @@ class RedisKV:
             allowed, remaining, retry_after, reset_after = reply[2:]
             decision = RateDecision(bool(allowed), limit.burst, remaining, retry_after, reset_after)
             return Reserved(int(reply[1]), decision)
+        if reply[0] == 4:
+            gate, remaining, retry_after, reset_after = reply[1:]
+            raise Refused(RateDecision(False, gates[gate - 1].burst, remaining, retry_after, reset_after))
         if reply[0] == 2:
             raise NotGreater(int(reply[1]))
         raise NonceUsed(nonce_key) if reply[0] == 0 else SeqUnknown(seq_key)
