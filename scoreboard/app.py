@@ -118,6 +118,7 @@ class App:
         self.scores = Scores(self.config, self.store, self.kv, self.index, self.bus, self.users, self.clock,
                              self.boards.stale)
         self.hub = Hub(self.config, self.bus, self.kv, self.index, self.boards, self.users, self.clock, self.metrics)
+        self.scores.accepted_messages.append(self.hub.accepted_messages)
         self.scores.accepted_listeners += [self.boards.on_accepted, self.hub.on_accepted]
         db_config = self.config.database
         if db_config.writer == "process" and ":memory:" not in db_config.url:

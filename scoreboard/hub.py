@@ -372,17 +372,20 @@ class Hub:
             raise ValueError(f"alert type must be one of {ALERT_TYPES}, got {type_!r}")
         return await self.publish(ALERTS, type_, data)
 
+    def accepted_messages(self, event: dict) -> list[tuple[str, bytes]]:
+        """`scores.accepted_messages` entry: the user's `score` event, published with the score event."""
+        data = {"board": event["board"], "period": event["period"], "score": event["score"], "rank": event["rank"],
+                "previous_rank": event["previous_rank"], "action_id": event["action_id"]}
+        return [(f"user:{event['user_id']}", orjson.dumps({"type": "score", "data": data}))]
+
     async def on_accepted(self, event: dict) -> None:
-        """`scores.accepted_listeners` entry: the user's `score` event, then a top-N tick for the board."""
+        """`scores.accepted_listeners` entry: a top-N tick for the board."""
         try:
-            await self.publish(f"user:{event['user_id']}", "score", {
-                "board": event["board"], "period": event["period"], "score": event["score"],
-                "rank": event["rank"], "previous_rank": event["previous_rank"], "action_id": event["action_id"]})
             await self._claim_tick(event["board"])
         except ScoreboardError as exc:
-            log.warning("realtime events for action %s not published: %s", event.get("action_id"), exc)
+            log.warning("top-N tick after action %s not claimed: %s", event.get("action_id"), exc)
         except Exception:
-            log.exception("realtime events for action %s not published", event.get("action_id"))
+            log.exception("top-N tick after action %s not claimed", event.get("action_id"))
 
     async def _claim_tick(self, board: str) -> None:
         if board in self._leased:  # our own tick has not released the lease yet: it will read after this

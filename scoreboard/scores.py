@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -39,8 +40,10 @@ class Scores:
         self.per_user = Limit.parse(config.ratelimit.per_user)
         self.per_address = Limit.parse(config.ratelimit.per_address)
         self.window_ms = config.signing.window_s * 1000
-        # Called in this process with each accepted action's event (the hub's user and top-N triggers).
-        self.accepted_listeners: list = []
+        # Called with each accepted action's event: the messages to publish with it, in the same bus call
+        # (the hub's user event), then the listeners in this process (page caches, the hub's top-N tick).
+        self.accepted_messages: list[Callable[[dict], list[tuple[str, bytes]]]] = []
+        self.accepted_listeners: list[Callable[[dict], Awaitable[None]]] = []
         # Board periods whose index missed a committed action (cache down): Boards rebuilds them before
         # their next read.
         self.stale_boards = stale_boards
@@ -216,10 +219,13 @@ class Scores:
                  "period": period, "score": committed.score, "previous_score": committed.previous,
                  "rank": rank, "previous_rank": previous_rank, "total": total, "action_id": sub.action_id,
                  "type": sub.type, "points": sub.points, "at": now}
+        messages = [(SCORES_CHANNEL, wire.dumps(event))]
+        for source in self.accepted_messages:
+            messages += source(event)
         try:
-            await self.bus.publish(SCORES_CHANNEL, wire.dumps(event))
+            await self.bus.publish_many(messages)
         except Unavailable:
-            log.warning("score event for action %s not published: bus unavailable", sub.action_id)
+            log.warning("events of action %s not published: bus unavailable", sub.action_id)
         # This process's own listeners run even when the bus is down (its page cache must still drop).
         for listener in self.accepted_listeners:
             await listener(event)

@@ -154,6 +154,34 @@ def test_concurrent_publishes_get_distinct_gapless_offsets(buses, event_loop_run
     event_loop_runner(scenario())
 
 
+def test_publish_many_publishes_each_message_as_publish_would(buses, event_loop_runner):
+    async def scenario():
+        bus = await buses.make()
+        on_a, on_b = Collector(), Collector()
+        await bus.subscribe("a", on_a)
+        await bus.subscribe("b", on_b)
+        first = await bus.publish("a", b"a1")
+        events = await bus.publish_many([("a", b"a2"), ("b", b"b1"), ("a", b"a3")])
+        assert [(e.channel, e.offset, e.payload) for e in events] == [("a", 2, b"a2"), ("b", 1, b"b1"),
+                                                                       ("a", 3, b"a3")]
+        assert events[0].epoch == events[2].epoch == first.epoch
+        assert await on_a.until(3) == [first, events[0], events[2]]
+        assert await on_b.until(1) == [events[1]]
+        assert await bus.history("a", first.epoch, 1) == [events[0], events[2]]
+        assert await bus.history("b", events[1].epoch, 0) == [events[1]]
+
+    event_loop_runner(scenario())
+
+
+def test_publish_many_of_nothing_publishes_nothing(buses, event_loop_runner):
+    async def scenario():
+        bus = await buses.make()
+        assert await bus.publish_many([]) == []
+        assert (await bus.position("a"))[1] == 0
+
+    event_loop_runner(scenario())
+
+
 def test_slow_coroutine_listener_does_not_block_publish_and_keeps_order(buses, event_loop_runner):
     async def scenario():
         bus = await buses.make()

@@ -8,7 +8,7 @@ history append and publish in one Lua script, so any process can serve a resubsc
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +30,9 @@ class Bus(Protocol):
 
     async def publish(self, channel: str, payload: bytes) -> Event:
         """Append to the channel's history and deliver to every subscriber on every process."""
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Event]:
+        """`publish` of each (channel, payload) in turn, as one step: one round trip on a shared bus."""
 
     async def subscribe(self, channel: str, listener: Listener) -> None:
         """Deliver this process's share of the channel to `listener`, in offset order."""

@@ -22,7 +22,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -164,6 +164,12 @@ class LocalBus:
         return channel
 
     async def publish(self, channel: str, payload: bytes) -> Event:
+        return self._publish(channel, payload)
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Event]:
+        return [self._publish(channel, payload) for channel, payload in messages]
+
+    def _publish(self, channel: str, payload: bytes) -> Event:
         state = self._channel(channel)
         state.offset += 1
         event = Event(channel, state.epoch, state.offset, bytes(payload))

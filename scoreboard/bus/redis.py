@@ -7,9 +7,9 @@ Per channel (`{c}` is the channel name, in a hash tag so one channel's keys shar
 - `{prefix}bus:{{c}}:log`   stream of the last `history_size` events, entry ID `{offset}-0`, field `p`.
 - `{prefix}bus:{c}`         pub/sub channel; frame = epoch + "\\n" + offset + "\\n" + payload.
 
-One Lua script assigns the offset, appends to the stream and publishes, so offsets, history and the
-pub/sub order agree across processes. Listeners get the semantics documented in `bus.local`, called
-from one reader task per bus that owns the single pub/sub connection.
+One Lua script assigns the offset, appends to the stream and publishes (for several channels in one
+call), so offsets, history and the pub/sub order agree across processes. Listeners get the semantics
+documented in `bus.local`, called from one reader task per bus that owns the single pub/sub connection.
 
 Delivery is at most once: if the pub/sub connection drops, the reader reconnects with backoff and
 resubscribes, but events published meanwhile are not delivered. A listener sees that as an offset that
@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,16 +67,23 @@ return {epoch, redis.call('HGET', KEYS[1], 'offset')}
 """
 )
 
-# ARGV: fresh epoch, payload, history size, pub/sub channel, ttl ms. Exact MAXLEN keeps history bounds exact.
+# KEYS: meta and log of each channel in turn. ARGV: history size, ttl ms, then each channel's fresh epoch,
+# pub/sub channel and payload -> epoch and offset of each. Exact MAXLEN keeps history bounds exact.
 _PUBLISH = (
     _ENSURE
     + """
-local epoch = ensure(KEYS[1], KEYS[2], ARGV[1])
-local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'offset', 1))
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'p', ARGV[2])
-redis.call('PUBLISH', ARGV[4], epoch .. '\\n' .. offset .. '\\n' .. ARGV[2])
-keep_for(ARGV[5], KEYS[1], KEYS[2])
-return {epoch, offset}
+local out = {}
+for i = 1, #KEYS / 2 do
+  local meta, stream, a = KEYS[2 * i - 1], KEYS[2 * i], 3 * i
+  local epoch = ensure(meta, stream, ARGV[a])
+  local offset = string.format('%d', redis.call('HINCRBY', meta, 'offset', 1))
+  redis.call('XADD', stream, 'MAXLEN', ARGV[1], offset .. '-0', 'p', ARGV[a + 2])
+  redis.call('PUBLISH', ARGV[a + 1], epoch .. '\\n' .. offset .. '\\n' .. ARGV[a + 2])
+  keep_for(ARGV[2], meta, stream)
+  out[#out + 1] = epoch
+  out[#out + 1] = offset
+end
+return out
 """
 )
 
@@ -134,11 +141,21 @@ class RedisBus:
     # --- Bus
 
     async def publish(self, channel: str, payload: bytes) -> Event:
-        data = bytes(payload)
-        args = [new_epoch(), data, self._history_size, self._pubsub_name(channel), self._history_ttl_ms]
+        return (await self.publish_many([(channel, payload)]))[0]
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Event]:
+        if not messages:
+            return []
+        keys, args, payloads = [], [self._history_size, self._history_ttl_ms], []
+        for channel, payload in messages:
+            data = bytes(payload)
+            keys += self._keys(channel)
+            args += [new_epoch(), self._pubsub_name(channel), data]
+            payloads.append(data)
         with _unavailable("publish"):
-            epoch, offset = await self._publish(keys=self._keys(channel), args=args)
-        return Event(channel, epoch.decode(), int(offset), data)
+            reply = await self._publish(keys=keys, args=args)
+        return [Event(channel, reply[2 * i].decode(), int(reply[2 * i + 1]), data)
+                for i, ((channel, _), data) in enumerate(zip(messages, payloads, strict=True))]
 
     async def position(self, channel: str) -> tuple[str, int]:
         with _unavailable("position"):
