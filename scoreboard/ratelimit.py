@@ -56,10 +56,10 @@ async def check(kv: KV, key: str, limit: Limit, now_ms: int, cost: int = 1) -> R
 
 def refuse_unless_allowed(decision: RateDecision) -> None:
     if not decision.allowed:
-        raise refusal(decision)
+        raise rate_limited(decision)
 
 
-def refusal(decision: RateDecision) -> RateLimited:
+def rate_limited(decision: RateDecision) -> RateLimited:
     """The 429 for a refusing decision, with its Retry-After and X-RateLimit-* values."""
     return RateLimited(retry_after_s=-(-decision.retry_after_ms // 1000), limit=decision.limit,
                        remaining=decision.remaining)

@@ -24,7 +24,7 @@ from .errors import OutOfSequence, Replay, ScoreboardError, ScoreRejected, Stale
 from .kv import KV, LimitSpec, NonceUsed, NotGreater, RateDecision, Refused, Reserved, SeqUnknown
 from .leaderboard import Entry, Index
 from .periods import period_of
-from .ratelimit import Limit, check_all, refusal
+from .ratelimit import Limit, check_all, rate_limited
 from .store.db import Store
 from .users import ClientInfo, Principal, Users
 
@@ -135,7 +135,7 @@ class Scores:
                                          None if rule is None else self._rule_limit(principal.user_id, rule),
                                          gates)
         except Refused as exc:
-            raise refusal(exc.decision) from None
+            raise rate_limited(exc.decision) from None
         except NonceUsed:
             raise Replay("this nonce was already used") from None
         except NotGreater as exc:
@@ -221,7 +221,10 @@ class Scores:
                  "type": sub.type, "points": sub.points, "at": now}
         messages = [(SCORES_CHANNEL, wire.dumps(event))]
         for source in self.accepted_messages:
-            messages += source(event)
+            try:
+                messages += source(event)
+            except Exception:  # committed is committed: a broken source costs its own message only
+                log.exception("no message from %r for action %s", source, sub.action_id)
         try:
             await self.bus.publish_many(messages)
         except Unavailable:

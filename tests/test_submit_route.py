@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 
+from scoreboard.scores import SCORES_CHANNEL
 from scoreboard.signing import sign
 
 from harness import Http, Player, encode
@@ -127,3 +129,26 @@ def test_behind_a_proxy_the_forwarded_address_is_the_clients(server_factory):
     body = alice.body()
     assert alice.send(encode(body), headers={"X-Real-Ip": "203.0.113.7"}).status == 200
     assert _audited_client(server, body["action_id"])[0] == "203.0.113.7"
+
+
+def test_a_failing_event_message_source_costs_only_its_own_message(server):
+    """After the commit nothing may turn an accepted action into an error: the score event still goes out."""
+    app = server.app
+    delivered = threading.Event()
+    seen = []
+
+    def broken(event: dict) -> list:
+        raise RuntimeError("a broken message source")
+
+    def on_score(event) -> None:
+        seen.append(json.loads(event.payload))
+        delivered.set()
+
+    app.scores.accepted_messages.insert(0, broken)
+    server.call(app.bus.subscribe(SCORES_CHANNEL, on_score))
+
+    response = Player(Http(server.url), "alice").submit(10)
+
+    assert response.status == 200, response.raw
+    assert delivered.wait(10)
+    assert (seen[0]["score"], seen[0]["action_id"]) == (10, response.json["action_id"])
