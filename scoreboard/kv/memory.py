@@ -45,6 +45,9 @@ class MemoryKV:
         return self._rate_limit(key, rate, period_ms, burst, now_ms, cost)
 
     async def rate_limits(self, limits: list[LimitSpec], now_ms: int) -> list[RateDecision]:
+        return self._rate_limits(limits, now_ms)
+
+    def _rate_limits(self, limits: Sequence[LimitSpec], now_ms: int) -> list[RateDecision]:
         decisions = []
         for limit in limits:
             decisions.append(self._rate_limit(limit.key, limit.rate, limit.period_ms, limit.burst, now_ms, 1))
@@ -79,10 +82,9 @@ class MemoryKV:
 
     async def reserve(self, nonce_key: str, nonce_ttl_ms: int, seq_key: str, seq: int, now_ms: int,
                       seq_ttl_ms: int, limit: LimitSpec | None = None, gates: Sequence[LimitSpec] = ()) -> Reserved:
-        for gate in gates:
-            decision = self._rate_limit(gate.key, gate.rate, gate.period_ms, gate.burst, now_ms, 1)
-            if not decision.allowed:
-                raise Refused(decision)
+        decisions = self._rate_limits(gates, now_ms)
+        if decisions and not decisions[-1].allowed:
+            raise Refused(decisions[-1])
         if self._live(nonce_key, now_ms) is not None:
             raise NonceUsed(nonce_key)
         stored = self._live(seq_key, now_ms)
