@@ -364,7 +364,7 @@ class Hub:
 
     async def publish(self, channel: str, type_: str, data: dict) -> Event:
         """Publish one event on a channel (every process's subscribers get it, and it enters history)."""
-        return await self.bus.publish(channel, orjson.dumps({"type": type_, "data": data}))
+        return await self.bus.publish(channel, envelope(type_, data))
 
     async def publish_alert(self, type_: str, data: dict) -> Event:
         """An `admin:alerts` event: `flag` (anti-cheat flag raised or resolved) or `incident`."""
@@ -376,7 +376,7 @@ class Hub:
         """`scores.accepted_messages` entry: the user's `score` event, published with the score event."""
         data = {"board": event["board"], "period": event["period"], "score": event["score"], "rank": event["rank"],
                 "previous_rank": event["previous_rank"], "action_id": event["action_id"]}
-        return [(f"user:{event['user_id']}", orjson.dumps({"type": "score", "data": data}))]
+        return [(f"user:{event['user_id']}", envelope("score", data))]
 
     async def on_accepted(self, event: dict) -> None:
         """`scores.accepted_listeners` entry: a top-N tick for the board."""
@@ -435,7 +435,7 @@ class Hub:
     async def _publish_top(self, board: str, period: str, entries: list[Ranked]) -> None:
         data = {"board": board, "period": period, "entries": [
             {"rank": e.rank, "user_id": e.user_id, "username": e.username, "score": e.score} for e in entries]}
-        payload = orjson.dumps({"type": "top", "data": data})
+        payload = envelope("top", data)
         digest, key, now = hashlib.blake2b(payload, digest_size=16).digest(), f"hub:top:{board}", self.clock.now_ms()
         if await self.kv.get(key, now) == digest:
             return
@@ -526,3 +526,8 @@ def _since(value: Any) -> tuple[str, int] | None:
 def _reply(channel: str, epoch: str, offset: int, recovered: bool, snapshot: dict | None) -> dict:
     return {"op": "subscribed", "channel": channel, "epoch": epoch, "offset": offset, "recovered": recovered,
             "snapshot": snapshot}
+
+
+def envelope(type_: str, data: dict) -> bytes:
+    """A channel event as subscribers receive it: its type and its data."""
+    return orjson.dumps({"type": type_, "data": data})

@@ -41,7 +41,7 @@ async def check_all(kv: KV, limits: list[LimitSpec], now_ms: int) -> None:
     """Count one request against each limit in turn, in one KV step; raise RateLimited for the first that
     refuses (the ones before it stay counted, the ones after it are not)."""
     decisions = await kv.rate_limits(limits, now_ms)
-    refuse_unless_allowed(decisions[-1])
+    _refuse_unless_allowed(decisions[-1])
 
 
 async def check(kv: KV, key: str, limit: Limit, now_ms: int, cost: int = 1) -> RateDecision:
@@ -50,11 +50,11 @@ async def check(kv: KV, key: str, limit: Limit, now_ms: int, cost: int = 1) -> R
         # GCRA could never allow it, and a Retry-After would promise otherwise.
         raise ValueError(f"cost {cost} exceeds the burst of {limit}")
     decision = await kv.rate_limit(key, limit.rate, limit.period_ms, limit.burst, now_ms, cost)
-    refuse_unless_allowed(decision)
+    _refuse_unless_allowed(decision)
     return decision
 
 
-def refuse_unless_allowed(decision: RateDecision) -> None:
+def _refuse_unless_allowed(decision: RateDecision) -> None:
     if not decision.allowed:
         raise rate_limited(decision)
 

@@ -146,16 +146,15 @@ class RedisBus:
     async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Event]:
         if not messages:
             return []
-        keys, args, payloads = [], [self._history_size, self._history_ttl_ms], []
-        for channel, payload in messages:
-            data = bytes(payload)
+        messages = [(channel, bytes(payload)) for channel, payload in messages]
+        keys, args = [], [self._history_size, self._history_ttl_ms]
+        for channel, data in messages:
             keys += self._keys(channel)
             args += [new_epoch(), self._pubsub_name(channel), data]
-            payloads.append(data)
         with _unavailable("publish"):
             reply = await self._publish(keys=keys, args=args)
         return [Event(channel, reply[2 * i].decode(), int(reply[2 * i + 1]), data)
-                for i, ((channel, _), data) in enumerate(zip(messages, payloads, strict=True))]
+                for i, (channel, data) in enumerate(messages)]
 
     async def position(self, channel: str) -> tuple[str, int]:
         with _unavailable("position"):
