@@ -8,6 +8,7 @@ the shipped config.toml with its default.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import tomllib
@@ -158,10 +159,19 @@ class Config:
     actions: tuple[ActionRule, ...] = (ActionRule("level_complete"),)
 
     def board(self, name: str) -> BoardConfig | None:
-        return next((b for b in self.boards if b.name == name), None)
+        return self._boards_by_name.get(name)
 
     def action(self, name: str) -> ActionRule | None:
-        return next((a for a in self.actions if a.name == name), None)
+        return self._actions_by_name.get(name)
+
+    # Looked up on every submission. Names are unique: they are the keys of [boards.*] and [actions.*].
+    @functools.cached_property
+    def _boards_by_name(self) -> dict[str, BoardConfig]:
+        return {b.name: b for b in self.boards}
+
+    @functools.cached_property
+    def _actions_by_name(self) -> dict[str, ActionRule]:
+        return {a.name: a for a in self.actions}
 
     def replace(self, **sections: Any) -> Config:
         """A copy with some settings changed: `replace(auth={"leeway_s": 0})`."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import peewee as pw
@@ -23,8 +23,7 @@ from .store.models import Action, Score, Session, User
 from .users import ClientInfo, Principal
 
 
-@dataclass(frozen=True)
-class Committed:
+class Committed(NamedTuple):
     """What the transaction wrote, or the stored answer when the action was already committed."""
 
     action_row_id: int

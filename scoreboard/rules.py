@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -19,8 +19,7 @@ ACTION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
-@dataclass(frozen=True)
-class Submission:
+class Submission(NamedTuple):
     action_id: str
     board: BoardConfig
     seq: int

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 import peewee as pw
@@ -26,8 +26,7 @@ from .store.models import Session, SpentRefreshToken, User
 VERIFIED_TOKENS_MAX = 10_000  # about 4 MB of tokens; past it the memory starts over
 
 
-@dataclass(frozen=True)
-class Principal:
+class Principal(NamedTuple):
     """Who is calling, resolved from a valid access token and a live session."""
 
     user_id: int
@@ -42,8 +41,7 @@ class Principal:
         return self.role == "admin"
 
 
-@dataclass(frozen=True)
-class ClientInfo:
+class ClientInfo(NamedTuple):
     address: str = ""
     user_agent: str = ""
     request_id: str = ""

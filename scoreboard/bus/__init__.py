@@ -9,12 +9,10 @@ history append and publish in one Lua script, so any process can serve a resubsc
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     channel: str
     epoch: str
     offset: int

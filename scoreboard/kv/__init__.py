@@ -8,12 +8,10 @@ Every time is in Unix milliseconds and comes from the caller (`now_ms`), so expi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class RateDecision:
+class RateDecision(NamedTuple):
     """The verdict of one GCRA check: allowed or not, with what a 429 response needs."""
 
     allowed: bool
@@ -62,8 +60,7 @@ class KV(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class LimitSpec:
+class LimitSpec(NamedTuple):
     """A `rate_limit` call's key and limit: `rate` per `period_ms`, `burst` at once."""
 
     key: str
@@ -72,8 +69,7 @@ class LimitSpec:
     burst: int
 
 
-@dataclass(frozen=True)
-class Reserved:
+class Reserved(NamedTuple):
     """What `reserve` did: the seq mark's previous value, and the limit's decision when one was given."""
 
     previous: int | None

@@ -12,20 +12,17 @@ Ranks are 1-based and unique. `key` names a board in one period, e.g. "global:al
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     user_id: int
     score: int
     reached_seq: int
     username: str = ""
 
 
-@dataclass(frozen=True)
-class Ranked:
+class Ranked(NamedTuple):
     rank: int
     user_id: int
     score: int
