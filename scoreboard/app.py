@@ -24,7 +24,7 @@ from .errors import ConfigError, ScoreboardError
 from .handlers import base, http, scores, static, submit, ws
 from .hub import REVOCATIONS_CHANNEL, Hub
 from .metrics import Metrics
-from .scores import SCORES_CHANNEL, Scores
+from .scores import Scores
 from .store import migrations
 from .store.db import Store, open_database
 from .store.models import Setting
@@ -128,7 +128,8 @@ class App:
         self.closers.insert(0, self.hub.close)  # before the bus: close WebSockets (1001), stop ticks
         self.closers.insert(0, self.scores.flush)  # before the store: the acknowledged results recorded
         if self.bus.shared:  # other processes' submissions; this one's reach Boards as accepted_listeners
-            await self.bus.subscribe(SCORES_CHANNEL, self.boards.on_score_event)
+            await self.boards.share(self.bus)
+            self.closers.insert(1, self.boards.close)  # after the last acknowledgements, before the bus
         if self.config.cache.rebuild_on_start:
             await self.boards.rebuild_current()
 

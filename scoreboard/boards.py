@@ -2,12 +2,16 @@
 
 The database is never read per request for a rank: the index answers. It is rebuilt from the database
 on start (current periods) and on first use of a past period in this process. Hot pages are cached in
-this process for `cache.page_ttl_ms` and dropped as soon as the board changes (score events arrive on the
-bus from every process).
+this process for `cache.page_ttl_ms` and dropped as soon as the board changes: at once for this process's
+own submissions, and through a notice on a shared bus for the other processes' (`share`).
+
+A notice names the board periods changed during one loop turn, so under load one notice stands for a
+whole group commit's acknowledgements rather than one message per submission reaching every process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -18,12 +22,13 @@ import orjson
 from . import periods, wire
 from .clock import Clock
 from .config import BoardConfig, Config
-from .errors import InvalidRequest, NotFound
+from .errors import InvalidRequest, NotFound, Unavailable
 from .leaderboard import Entry, Index, Ranked
 from .store.db import Store
 from .store.models import Score, User
 
 log = logging.getLogger("scoreboard.boards")
+NOTICES_CHANNEL = "_boards"  # internal: the board periods some process changed, as a JSON list
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,9 @@ class Boards:
         self.stale: set[str] = set()  # keys whose index missed a committed change; shared with Scores
         self.versions: dict[str, int] = {}
         self.pages: dict[tuple, tuple[int, float, Page]] = {}
+        self.bus = None  # set by share(): where this process's changes are announced
+        self.unannounced: set[str] = set()
+        self.announcing: asyncio.Task | None = None
 
     # ---- naming ---------------------------------------------------------------------------------
 
@@ -92,13 +100,40 @@ class Boards:
         self.versions[key] = self.versions.get(key, 0) + 1
 
     async def on_accepted(self, event: dict) -> None:
-        """Accepted in this process: drop cached pages now, not when the bus echo comes back."""
-        self.changed(f"{event['board']}:{event['period']}")
+        """Accepted in this process: drop cached pages now; the other processes hear of it in a notice."""
+        key = f"{event['board']}:{event['period']}"
+        self.changed(key)
+        if self.bus is not None:
+            self.unannounced.add(key)
+            if self.announcing is None:
+                # A task starts after the callbacks already queued: the rest of this turn's acknowledgements.
+                self.announcing = asyncio.ensure_future(self._announce())
 
-    def on_score_event(self, event) -> None:
-        """Bus listener: another (or this) process changed a board."""
-        data = orjson.loads(event.payload)
-        self.changed(f"{data['board']}:{data['period']}")
+    async def share(self, bus) -> None:
+        """Announce this process's board changes on `bus`, and drop pages on the other processes' notices."""
+        await bus.subscribe(NOTICES_CHANNEL, self.on_notice)
+        self.bus = bus
+
+    def on_notice(self, event) -> None:
+        """Bus listener: some process (this one too) changed these board periods."""
+        for key in orjson.loads(event.payload):
+            self.changed(key)
+
+    async def _announce(self) -> None:
+        keys, self.unannounced = sorted(self.unannounced), set()
+        try:
+            await self.bus.publish(NOTICES_CHANNEL, orjson.dumps(keys))
+        except Unavailable:
+            log.warning("board change notice for %s not published: bus unavailable", ", ".join(keys))
+        finally:
+            self.announcing = None
+        if self.unannounced:  # changed while the notice was on its way
+            self.announcing = asyncio.ensure_future(self._announce())
+
+    async def close(self) -> None:
+        """Let the last notice go out (the other processes would keep stale pages until their TTL)."""
+        while self.announcing is not None:
+            await self.announcing
 
     # ---- reads ----------------------------------------------------------------------------------
 

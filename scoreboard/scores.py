@@ -29,7 +29,7 @@ from .store.db import Store
 from .users import ClientInfo, Principal, Users
 
 log = logging.getLogger("scoreboard.scores")
-SCORES_CHANNEL = "_scores"  # internal: every process's page cache listens here
+SCORES_CHANNEL = "_scores"  # internal: every accepted action, for consumers such as anti-cheat
 
 
 class Scores:

@@ -91,7 +91,9 @@ def test_a_submission_on_one_process_drops_the_cached_page_on_the_other(tmp_path
             ws = await Ws.open(a)
             await ws.subscribe("leaderboard:global")
             await submit(alice, 30)
-            await ws.event("top")  # published after the internal score event, on the same connection
+            # B sends its board notice a loop turn after the acknowledgement and the top tick 50 ms after,
+            # on its one Redis connection: A has dropped its page by the time the top event arrives.
+            await ws.event("top")
 
         run(body())
         entries = Http(a.url).get("/leaderboards/global").json["entries"]
