@@ -120,15 +120,19 @@ class Boards:
             self.changed(key)
 
     async def _announce(self) -> None:
-        keys, self.unannounced = sorted(self.unannounced), set()
+        """Publish what changed, again while more changes arrived during a publish. Never raises: a lost
+        notice costs other processes a page TTL of staleness, and close() awaits this on shutdown."""
         try:
-            await self.bus.publish(NOTICES_CHANNEL, orjson.dumps(keys))
-        except Unavailable:
-            log.warning("board change notice for %s not published: bus unavailable", ", ".join(keys))
+            while self.unannounced:
+                keys, self.unannounced = sorted(self.unannounced), set()
+                try:
+                    await self.bus.publish(NOTICES_CHANNEL, orjson.dumps(keys))
+                except Unavailable:
+                    log.warning("board change notice for %s not published: bus unavailable", ", ".join(keys))
+                except Exception:
+                    log.exception("board change notice for %s not published", ", ".join(keys))
         finally:
             self.announcing = None
-        if self.unannounced:  # changed while the notice was on its way
-            self.announcing = asyncio.ensure_future(self._announce())
 
     async def close(self) -> None:
         """Let the last notice go out (the other processes would keep stale pages until their TTL)."""

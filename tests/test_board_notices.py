@@ -12,6 +12,7 @@ import redis
 from scoreboard.boards import NOTICES_CHANNEL, Boards
 from scoreboard.bus import Event
 from scoreboard.bus.local import LocalBus
+from scoreboard.scores import SCORES_CHANNEL
 
 from conftest import REDIS_URL
 
@@ -59,10 +60,10 @@ def test_a_notice_drops_the_cached_pages_of_the_board_periods_it_names_only(serv
 
 @pytest.mark.parametrize("backend", ["services"], indirect=True)
 def test_a_server_on_a_shared_bus_hears_board_notices_and_not_every_score_event(server):
-    prefix = server.raw["redis"]["prefix"]
+    scores, notices = (f"{server.raw['redis']['prefix']}bus:{name}" for name in (SCORES_CHANNEL, NOTICES_CHANNEL))
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        counts = dict(client.pubsub_numsub(f"{prefix}bus:_scores", f"{prefix}bus:{NOTICES_CHANNEL}"))
+        counts = dict(client.pubsub_numsub(scores, notices))
     finally:
         client.close()
-    assert counts == {f"{prefix}bus:_scores".encode(): 0, f"{prefix}bus:{NOTICES_CHANNEL}".encode(): 1}
+    assert counts == {scores.encode(): 0, notices.encode(): 1}
