@@ -16,9 +16,13 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import struct
+import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 
@@ -110,13 +114,17 @@ class Client(asyncio.Protocol):
         self.transport.write(self.requests[self.sent])
 
     def _count_error(self, head: bytes, body: bytes) -> None:
-        code = ""
-        try:
-            code = orjson.loads(body)["error"]["code"]
-        except Exception:  # not our error shape: the status alone says enough
-            pass
-        key = f"{head[9:12].decode()} {code}".strip()
-        self.statuses[key] = self.statuses.get(key, 0) + 1
+        _count_error(self.statuses, head[9:12].decode(), body)
+
+
+def _count_error(statuses: dict[str, int], status: str, body: bytes) -> None:
+    code = ""
+    try:
+        code = orjson.loads(body)["error"]["code"]
+    except Exception:  # not our error shape: the status alone says enough
+        pass
+    key = f"{status} {code}".strip()
+    statuses[key] = statuses.get(key, 0) + 1
 
 
 def _content_length(head: bytes) -> int:
@@ -127,30 +135,86 @@ def _content_length(head: bytes) -> int:
     return int(head[at + 17:end])
 
 
-async def run(plan: dict) -> dict:
-    host, port, path = plan["host"], plan["port"], plan.get("path", "/scores/update")
-    warmup = plan["warmup_s"]
+def build_all(plan: dict) -> tuple[list[list[bytes]], float]:
+    """Every client's requests, and the seconds it took to build them (before any clock starts)."""
     now_ms = time.time_ns() // 1_000_000
     built = time.perf_counter()
-    clients = [Client(build_requests(host, port, path, c, plan["budget"], now_ms)) for c in plan["clients"]]
-    build_s = time.perf_counter() - built
+    requests = [build_requests(plan["host"], plan["port"], plan.get("path", "/scores/update"), c, plan["budget"],
+                               now_ms) for c in plan["clients"]]
+    return requests, time.perf_counter() - built
+
+
+async def run(plan: dict, requests: list[list[bytes]]) -> dict:
+    """The Python load generator (no C compiler at hand)."""
+    clients = [Client(own) for own in requests]
     start = time.perf_counter()
-    measure_from = [start + warmup]
-    until = [start + warmup + plan["seconds"]]
+    measure_from = [start + plan["warmup_s"]]
+    until = [start + plan["warmup_s"] + plan["seconds"]]
     cpu_at_start: list[float] = []
     watcher = asyncio.ensure_future(_announce(measure_from[0], cpu_at_start))
-    await asyncio.gather(*(c.run(host, port, until, measure_from) for c in clients))
+    await asyncio.gather(*(c.run(plan["host"], plan["port"], until, measure_from) for c in clients))
     cpu_end = time.process_time()
     await watcher
     print("done", flush=True)
-    elapsed = until[0] - measure_from[0]
     statuses: dict[str, int] = {}
     for client in clients:
         for key, count in client.statuses.items():
             statuses[key] = statuses.get(key, 0) + count
-    latencies = sorted(x for c in clients for x in c.latencies)
+    return summary(plan, sorted(x for c in clients for x in c.latencies), statuses,
+                   sent=sum(c.sent for c in clients), exhausted=sum(c.exhausted for c in clients),
+                   cpu_s=cpu_end - cpu_at_start[0] if cpu_at_start else 0.0)
+
+
+def run_native(plan: dict, requests: list[list[bytes]], binary: Path, workdir: Path) -> dict:
+    """The C load generator (bench/loadgen.c): same plan, same window, same results."""
+    files = {name: workdir / f"loadgen-{os.getpid()}.{name}" for name in ("requests", "latencies", "errors")}
+    with files["requests"].open("wb") as out:
+        out.write(struct.pack("<I", len(requests)))
+        for own in requests:
+            out.write(struct.pack("<I", len(own)))
+            for request in own:
+                out.write(struct.pack("<I", len(request)) + request)
+    args = [str(binary), plan["host"], str(plan["port"]), str(plan["warmup_s"]), str(plan["seconds"]),
+            *(str(path) for path in files.values())]
+    counts: list[str] = []
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:  # "measuring" and "done" passed on as they come: bench.submit times by them
+            if line.strip() in ("measuring", "done"):
+                print(line.strip(), flush=True)
+            else:
+                counts = line.split()
+    if proc.returncode != 0 or len(counts) != 3:
+        raise RuntimeError(f"the C load generator failed (exit {proc.returncode})")
+    sent, exhausted, cpu_s = counts
+    packed = files["latencies"].read_bytes()
+    latencies = sorted(micros / 1e6 for micros in struct.unpack(f"<{len(packed) // 4}I", packed))
+    statuses: dict[str, int] = {}
+    for line in files["errors"].read_bytes().splitlines():
+        _count_error(statuses, line[:3].decode(), line[4:])
+    for path in files.values():
+        path.unlink()
+    return summary(plan, latencies, statuses, sent=int(sent), exhausted=int(exhausted), cpu_s=float(cpu_s))
+
+
+def native_binary(workdir: Path) -> Path | None:
+    """bench/loadgen.c compiled into workdir, once; None without a C compiler."""
+    binary = workdir / "loadgen"
+    if binary.exists():
+        return binary
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        print("no C compiler: the Python load generator runs (it costs more CPU per request)", file=sys.stderr)
+        return None
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(Path(__file__).with_suffix(".c"))], check=True)
+    return binary
+
+
+def summary(plan: dict, latencies: list[float], statuses: dict[str, int], sent: int, exhausted: int,
+            cpu_s: float) -> dict:
+    """The results line bench.submit reads; `latencies` sorted, in seconds."""
+    elapsed = plan["seconds"]
     return {
-        "clients": len(clients),
+        "clients": len(plan["clients"]),
         "measured": len(latencies),
         "elapsed_s": elapsed,
         "rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
@@ -158,10 +222,9 @@ async def run(plan: dict) -> dict:
         "p99_ms": _percentile(latencies, 99) * 1000,
         "max_ms": (latencies[-1] * 1000) if latencies else 0.0,
         "non_200": statuses,
-        "exhausted": sum(c.exhausted for c in clients),
-        "sent": sum(c.sent for c in clients),
-        "build_s": build_s,
-        "loadgen_cpu_s": cpu_end - cpu_at_start[0] if cpu_at_start else 0.0,
+        "exhausted": exhausted,
+        "sent": sent,
+        "loadgen_cpu_s": cpu_s,
     }
 
 
@@ -183,7 +246,11 @@ def main() -> None:
         plan = orjson.loads(f.read())
     if plan.get("cpus"):
         os.sched_setaffinity(0, plan["cpus"])
-    result = asyncio.run(run(plan))
+    requests, build_s = build_all(plan)
+    workdir = Path(sys.argv[1]).parent
+    binary = None if os.environ.get("LOADGEN") == "python" else native_binary(workdir)
+    result = run_native(plan, requests, binary, workdir) if binary else asyncio.run(run(plan, requests))
+    result["build_s"] = build_s
     print(orjson.dumps(result).decode(), flush=True)
 
 
