@@ -11,7 +11,6 @@ whole group commit's acknowledgements rather than one message per submission rea
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -22,8 +21,9 @@ import orjson
 from . import periods, wire
 from .clock import Clock
 from .config import BoardConfig, Config
-from .errors import InvalidRequest, NotFound, Unavailable
+from .errors import InvalidRequest, NotFound
 from .leaderboard import Entry, Index, Ranked
+from .outbox import Outbox
 from .store.db import Store
 from .store.models import Score, User
 
@@ -45,8 +45,8 @@ class Boards:
         self.versions: dict[str, int] = {}
         self.pages: dict[tuple, tuple[int, float, Page]] = {}
         self.bus = None  # set by share(): where this process's changes are announced
-        self.unannounced: set[str] = set()
-        self.announcing: asyncio.Task | None = None
+        # A lost notice costs other processes a page TTL of staleness: logged, never raised.
+        self.notices = Outbox(self._announce, "board change notices")
 
     # ---- naming ---------------------------------------------------------------------------------
 
@@ -104,10 +104,7 @@ class Boards:
         key = f"{event['board']}:{event['period']}"
         self.changed(key)
         if self.bus is not None:
-            self.unannounced.add(key)
-            if self.announcing is None:
-                # A task starts after the callbacks already queued: the rest of this turn's acknowledgements.
-                self.announcing = asyncio.ensure_future(self._announce())
+            self.notices.put(key)
 
     async def share(self, bus) -> None:
         """Announce this process's board changes on `bus`, and drop pages on the other processes' notices."""
@@ -119,25 +116,13 @@ class Boards:
         for key in orjson.loads(event.payload):
             self.changed(key)
 
-    async def _announce(self) -> None:
-        """Publish what changed, again while more changes arrived during a publish. Never raises: a lost
-        notice costs other processes a page TTL of staleness, and close() awaits this on shutdown."""
-        try:
-            while self.unannounced:
-                keys, self.unannounced = sorted(self.unannounced), set()
-                try:
-                    await self.bus.publish(NOTICES_CHANNEL, orjson.dumps(keys))
-                except Unavailable:
-                    log.warning("board change notice for %s not published: bus unavailable", ", ".join(keys))
-                except Exception:
-                    log.exception("board change notice for %s not published", ", ".join(keys))
-        finally:
-            self.announcing = None
+    async def _announce(self, keys: list[str]) -> None:
+        """One notice for the board periods changed while the previous notice was going out."""
+        await self.bus.publish(NOTICES_CHANNEL, orjson.dumps(sorted(set(keys))))
 
     async def close(self) -> None:
         """Let the last notice go out (the other processes would keep stale pages until their TTL)."""
-        while self.announcing is not None:
-            await self.announcing
+        await self.notices.flush()
 
     # ---- reads ----------------------------------------------------------------------------------
 

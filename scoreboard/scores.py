@@ -11,7 +11,6 @@ back, so the client can retry the very same request.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +22,7 @@ from .config import Config
 from .errors import OutOfSequence, Replay, ScoreboardError, ScoreRejected, StaleTimestamp, Unavailable
 from .kv import KV, LimitSpec, NonceUsed, NotGreater, RateDecision, Refused, Reserved, SeqUnknown
 from .leaderboard import Entry, Index
+from .outbox import Outbox
 from .periods import period_of
 from .ratelimit import Limit, check_all, rate_limited
 from .store.db import Store
@@ -47,9 +47,13 @@ class Scores:
         # Board periods whose index missed a committed action (cache down): Boards rebuilds them before
         # their next read.
         self.stale_boards = stale_boards
-        # Acknowledged results waiting to be recorded, and the write job recording the previous ones.
-        self.unrecorded: list[tuple[str, int]] = []
-        self.recording: asyncio.Future | None = None
+        # Recorded for retries after the fact: the acknowledgement waits on no second transaction, and
+        # under load one write job records every result that gathered while the previous one ran.
+        self.results = Outbox(lambda results: store.write(lambda: ledger.record_results(results),
+                                                          ledger.RECORD_BATCH, results), "acknowledged results")
+        # Published after the acknowledgement (the issue's order: rank, respond, publish): the events of
+        # every action acknowledged in a loop turn in one bus call, off the response path.
+        self.events = Outbox(self._publish_events, "score events")
         if ledger.batch_capable(store.db):
             store.register_batch(ledger.SCORE_BATCH, ledger.commit_many, offload=True)
             store.register_batch(ledger.RECORD_BATCH, ledger.record_many, offload=True)
@@ -213,62 +217,38 @@ class Scores:
         result = {"accepted": True, "duplicate": False, "action_id": sub.action_id, "board": board.name,
                   "period": period, "score": committed.score, "rank": rank, "previous_rank": previous_rank,
                   "total": total}
-        # Recorded for retries after the fact: the acknowledgement does not wait on a second transaction.
-        self._record(committed.action_row_id, orjson.dumps(result).decode())
+        self.results.put((orjson.dumps(result).decode(), committed.action_row_id))
         event = {"user_id": principal.user_id, "username": committed.username, "board": board.name,
                  "period": period, "score": committed.score, "previous_score": committed.previous,
                  "rank": rank, "previous_rank": previous_rank, "total": total, "action_id": sub.action_id,
                  "type": sub.type, "points": sub.points, "at": now}
+        self.events.put(self._messages(event))
+        # This process's own listeners run before the answer (its page cache drops before the client can
+        # read it again), and whether or not the bus is up.
+        for listener in self.accepted_listeners:
+            await listener(event)
+        return result
+
+    def _messages(self, event: dict) -> list[tuple[str, bytes]]:
+        """The score event and the messages of `accepted_messages` (the hub's user event) for one action."""
         messages = [(SCORES_CHANNEL, wire.dumps(event))]
         for source in self.accepted_messages:
             try:
                 messages += source(event)
             except Exception:  # committed is committed: a broken source costs its own message only
-                log.exception("no message from %r for action %s", source, sub.action_id)
-        try:
-            await self.bus.publish_many(messages)
-        except Unavailable:
-            log.warning("events of action %s not published: bus unavailable", sub.action_id)
-        # This process's own listeners run even when the bus is down (its page cache must still drop).
-        for listener in self.accepted_listeners:
-            await listener(event)
-        return result
+                log.exception("no message from %r for action %s", source, event["action_id"])
+        return messages
+
+    async def _publish_events(self, batches: list[list[tuple[str, bytes]]]) -> None:
+        await self.bus.publish_many([message for messages in batches for message in messages])
 
     async def flush(self) -> None:
-        """Wait until every acknowledged result is recorded: on shutdown, before the store closes."""
-        while self.recording is not None:
-            try:
-                await self.recording
-            except Exception:
-                pass  # logged by _recorded
-            # A finished job's done-callback (it starts the next one, or clears `recording`) is only
-            # scheduled: awaiting a done future does not yield, so yield once for it to run.
-            await asyncio.sleep(0)
-
-    def _record(self, row_id: int, result: str) -> None:
-        """Store an acknowledged result in its action row. One write job at a time takes all that gathered
-        meanwhile, so under load the results cost one savepoint per group commit, not one each."""
-        self.unrecorded.append((result, row_id))
-        if self.recording is None:
-            self._record_unrecorded()
-
-    def _record_unrecorded(self) -> None:
-        results, self.unrecorded = self.unrecorded, []
-        self.recording = asyncio.ensure_future(self.store.write(lambda: ledger.record_results(results),
-                                                                ledger.RECORD_BATCH, results))
-        self.recording.add_done_callback(self._recorded)
-
-    def _recorded(self, future: asyncio.Future) -> None:
-        self.recording = None
-        _log_failure(future)
-        if self.unrecorded:
-            self._record_unrecorded()
+        """Wait until every acknowledged action's events are published and its result recorded: on shutdown,
+        before the bus and the store close."""
+        await self.events.flush()
+        await self.results.flush()
 
 
 def _spec(key: str, limit: Limit) -> LimitSpec:
     return LimitSpec(key, limit.rate, limit.period_ms, limit.burst)
 
-
-def _log_failure(future: asyncio.Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("could not record the acknowledged result: %s", future.exception())

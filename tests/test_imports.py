@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "scoreboard"
 ROWS = [
     {"errors", "config", "wire", "clock", "ids"},
-    {"signing", "auth", "ratelimit", "rules", "anticheat", "redispipe"},
+    {"signing", "auth", "ratelimit", "rules", "anticheat", "redispipe", "outbox"},
     {"leaderboard", "bus", "kv", "store"},
     {"scores", "ledger", "audit", "hub", "users", "boards"},
     {"handlers", "app", "client"},
