@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #define BUFFER 65536
+#define GRACE_S 30 /* a server that has not answered this long after the end fails the run */
 
 typedef struct {
     int fd;
@@ -173,6 +174,10 @@ int main(int argc, char **argv) {
         int timeout = cpu_at_start < 0 ? (int)((measure_from - now()) * 1000) + 1 : 100;
         int ready = epoll_wait(epoll, events, 256, timeout < 0 ? 0 : timeout);
         if (ready < 0 && errno != EINTR) fail("epoll_wait");
+        if (now() > until + GRACE_S) {
+            fprintf(stderr, "%d clients still waiting for an answer %d s after the end\n", active, GRACE_S);
+            return 1;
+        }
         if (cpu_at_start < 0 && now() >= measure_from) {
             cpu_at_start = cpu_seconds();
             printf("measuring\n");

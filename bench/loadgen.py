@@ -2,7 +2,9 @@
 
 `python -m bench.loadgen SPEC.json` reads a plan, builds and signs every request before the clock starts,
 opens one HTTP/1.1 keep-alive connection per client, and each client sends its requests back to back
-(the next one leaves when the previous answer has been read). It prints `measuring` when the measured
+(the next one leaves when the previous answer has been read). The sending is done by bench/loadgen.c,
+compiled next to the plan, when a C compiler is at hand (`LOADGEN=python` or no compiler: a Python loop
+of bare asyncio Protocols); both give the same results. It prints `measuring` when the measured
 phase starts, `done` when it ends, then one JSON line with the results.
 
 Plan (JSON): host, port, warmup_s, seconds, budget (requests built per client), path, and clients:

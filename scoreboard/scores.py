@@ -4,8 +4,9 @@ Checks, in the order their refusals take precedence: gateway limits -> auth -> s
 bytes -> parse -> freshness (ts window, nonce, seq) -> action rules. Once the caller is known, the limits
 are counted in the same KV step as the nonce and seq (`KV.reserve`'s gates: one Redis call, not two); a
 request refused before that step is counted against them on its way out, so its 429 still comes first.
-Then one transaction (action + score + audit) -> leaderboard index -> bus event -> response. A 200 is
-sent only after the transaction committed; a store that is down gives 503 and the nonce and seq are given
+Then one transaction (action + score + audit) -> leaderboard index -> response -> bus events and the
+result record, each through an Outbox (one call for everything acknowledged meanwhile). A 200 is sent
+only after the transaction committed; a store that is down gives 503 and the nonce and seq are given
 back, so the client can retry the very same request.
 """
 
