@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from wsclient import Ws, run, submit
+from wsclient import Ws, events_out, run, submit
 
 from scoreboard.hub import Hub
 
@@ -18,6 +18,7 @@ async def missed_while_away(server, player: Player, count: int) -> tuple[dict, l
     reply = await ws.subscribe(f"user:{player.user_id}")
     ws.close()
     results = [await submit(player, 10 * (n + 1)) for n in range(count)]
+    await events_out(server)
     return reply, results
 
 

@@ -106,6 +106,12 @@ async def submit(player: Player, points: int = 10, **fields: Any):
     return response.json
 
 
+async def events_out(server) -> None:
+    """Wait until the in-process server has published the events of every submission it answered (they
+    go out after the answer)."""
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(server.app.scores.events.flush(), server.loop))
+
+
 class RawClient:
     """A hand-made WebSocket client over a socket with a tiny receive buffer, so the server's backs up."""
 
