@@ -46,7 +46,7 @@ class Boards:
         self.pages: dict[tuple, tuple[int, float, Page]] = {}
         self.bus = None  # set by share(): where this process's changes are announced
         # A lost notice costs other processes a page TTL of staleness: logged, never raised.
-        self.notices = Outbox(self._announce, "board change notices")
+        self.notices = Outbox(self._announce, lambda keys: f"board change notice for {', '.join(sorted(set(keys)))}")
 
     # ---- naming ---------------------------------------------------------------------------------
 

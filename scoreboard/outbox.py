@@ -2,7 +2,7 @@
 
 Under load that is one call per loop turn (or per round trip) instead of one per item: the events of
 every action acknowledged in a turn in one bus call, their results in one write job, one board change
-notice. A send never raises into the code that queued: a failed one is logged with how much it lost.
+notice. A send never raises into the code that queued: a failed one is logged, naming what it lost.
 `flush` returns once everything queued before it has been sent or given up on (shutdown).
 """
 
@@ -20,8 +20,9 @@ T = TypeVar("T")
 
 
 class Outbox(Generic[T]):
-    def __init__(self, send: Callable[[list[T]], Awaitable[object]], what: str) -> None:
-        self._send, self._what = send, what
+    def __init__(self, send: Callable[[list[T]], Awaitable[object]], describe: Callable[[list[T]], str]) -> None:
+        """`describe` names a batch of items in the log line of a failed send."""
+        self._send, self._describe = send, describe
         self._queued: list[T] = []
         self._sending: asyncio.Future | None = None
 
@@ -38,9 +39,9 @@ class Outbox(Generic[T]):
                 try:
                     await self._send(items)
                 except ScoreboardError as exc:  # a service down: expected, and said in one line
-                    log.warning("%d %s not sent: %s", len(items), self._what, exc)
+                    log.warning("%s not sent: %s", self._describe(items), exc)
                 except Exception:
-                    log.exception("%d %s not sent", len(items), self._what)
+                    log.exception("%s not sent", self._describe(items))
         finally:
             self._sending = None
 

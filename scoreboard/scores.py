@@ -50,11 +50,11 @@ class Scores:
         self.stale_boards = stale_boards
         # Recorded for retries after the fact: the acknowledgement waits on no second transaction, and
         # under load one write job records every result that gathered while the previous one ran.
-        self.results = Outbox(lambda results: store.write(lambda: ledger.record_results(results),
-                                                          ledger.RECORD_BATCH, results), "acknowledged results")
+        self.results = Outbox(self._record_results, lambda results: f"{len(results)} acknowledged results")
         # Published after the acknowledgement (the issue's order: rank, respond, publish): the events of
         # every action acknowledged in a loop turn in one bus call, off the response path.
-        self.events = Outbox(self._publish_events, "score events")
+        self.events = Outbox(self._publish_events,
+                             lambda actions: "events of actions " + ", ".join(action for action, _ in actions))
         if ledger.batch_capable(store.db):
             store.register_batch(ledger.SCORE_BATCH, ledger.commit_many, offload=True)
             store.register_batch(ledger.RECORD_BATCH, ledger.record_many, offload=True)
@@ -223,7 +223,7 @@ class Scores:
                  "period": period, "score": committed.score, "previous_score": committed.previous,
                  "rank": rank, "previous_rank": previous_rank, "total": total, "action_id": sub.action_id,
                  "type": sub.type, "points": sub.points, "at": now}
-        self.events.put(self._messages(event))
+        self.events.put((sub.action_id, self._messages(event)))
         # This process's own listeners run before the answer (its page cache drops before the client can
         # read it again), and whether or not the bus is up.
         for listener in self.accepted_listeners:
@@ -240,8 +240,11 @@ class Scores:
                 log.exception("no message from %r for action %s", source, event["action_id"])
         return messages
 
-    async def _publish_events(self, batches: list[list[tuple[str, bytes]]]) -> None:
-        await self.bus.publish_many([message for messages in batches for message in messages])
+    async def _record_results(self, results: list[tuple[str, int]]) -> None:
+        await self.store.write(lambda: ledger.record_results(results), ledger.RECORD_BATCH, results)
+
+    async def _publish_events(self, actions: list[tuple[str, list[tuple[str, bytes]]]]) -> None:
+        await self.bus.publish_many([message for _, messages in actions for message in messages])
 
     async def flush(self) -> None:
         """Wait until every acknowledged action's events are published and its result recorded: on shutdown,

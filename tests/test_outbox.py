@@ -30,10 +30,14 @@ class Recipient:
             raise self.failures.pop(0)
 
 
+def _named(items: list[int]) -> str:
+    return "items " + ", ".join(map(str, items))
+
+
 def test_items_queued_in_one_loop_turn_go_out_in_one_send():
     async def scenario() -> list[list[int]]:
         recipient = Recipient()
-        outbox = Outbox(recipient.send, "items")
+        outbox = Outbox(recipient.send, _named)
         for item in range(5):
             outbox.put(item)
         await outbox.flush()
@@ -46,7 +50,7 @@ def test_items_queued_while_a_send_is_in_flight_go_out_together_in_the_next():
     async def scenario() -> list[list[int]]:
         recipient = Recipient()
         recipient.release.clear()
-        outbox = Outbox(recipient.send, "items")
+        outbox = Outbox(recipient.send, _named)
         outbox.put(0)
         await recipient.started.wait()
         for item in (1, 2, 3):
@@ -59,13 +63,14 @@ def test_items_queued_while_a_send_is_in_flight_go_out_together_in_the_next():
 
 
 @pytest.mark.parametrize("failure", [Unavailable("bus down"), RuntimeError("a bug")])
-def test_a_failed_send_is_logged_and_the_next_items_still_go_out(failure, caplog):
+def test_a_failed_send_is_logged_by_name_and_the_next_items_still_go_out(failure, caplog):
     async def scenario() -> list[list[int]]:
         recipient = Recipient()
         recipient.failures.append(failure)
         recipient.release.clear()
-        outbox = Outbox(recipient.send, "items")
+        outbox = Outbox(recipient.send, _named)
         outbox.put(0)
+        outbox.put(7)
         await recipient.started.wait()
         outbox.put(1)
         recipient.release.set()
@@ -73,15 +78,15 @@ def test_a_failed_send_is_logged_and_the_next_items_still_go_out(failure, caplog
         return recipient.sends
 
     with caplog.at_level(logging.WARNING, logger="scoreboard.outbox"):
-        assert asyncio.run(scenario()) == [[0], [1]]
-    assert [record.getMessage().split(":")[0] for record in caplog.records] == ["1 items not sent"]
+        assert asyncio.run(scenario()) == [[0, 7], [1]]
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == ["items 0, 7 not sent"]
 
 
 def test_flush_returns_only_once_everything_queued_before_it_was_sent():
     async def scenario() -> tuple[bool, list[list[int]]]:
         recipient = Recipient()
         recipient.release.clear()
-        outbox = Outbox(recipient.send, "items")
+        outbox = Outbox(recipient.send, _named)
         outbox.put(0)
         await recipient.started.wait()
         outbox.put(1)
@@ -99,6 +104,6 @@ def test_flush_returns_only_once_everything_queued_before_it_was_sent():
 
 def test_flush_with_nothing_queued_returns_at_once():
     async def scenario() -> None:
-        await asyncio.wait_for(Outbox(Recipient().send, "items").flush(), 1)
+        await asyncio.wait_for(Outbox(Recipient().send, _named).flush(), 1)
 
     asyncio.run(scenario())

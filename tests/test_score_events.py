@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from scoreboard.errors import Unavailable
 from scoreboard.scores import SCORES_CHANNEL
 
 from harness import Http, Player, register_and_login
@@ -112,3 +114,19 @@ def test_events_acknowledged_together_go_out_together_each_exactly_once(server_f
     assert delivered.wait(10)
     assert sorted(event["action_id"] for event in seen) == sorted(acknowledged)
     assert bus.calls < len(acknowledged)  # grouped: fewer bus calls than events
+
+
+def test_a_bus_that_is_down_costs_the_events_only_and_the_log_names_their_action(server, caplog):
+    async def down(messages):
+        raise Unavailable("event bus: down")
+
+    server.app.bus.publish_many = down
+    with caplog.at_level(logging.WARNING, logger="scoreboard.outbox"):
+        response = Player(Http(server.url), "carol").submit(5)
+        server.call(server.app.scores.flush())
+
+    assert response.status == 200, response.raw
+    lost = [record.getMessage() for record in caplog.records if record.name == "scoreboard.outbox"]
+    # On services the board change notice goes over the same bus and is lost too, in its own line.
+    assert [line for line in lost if line.startswith("events")] == [
+        f"events of actions {response.json['action_id']} not sent: event bus: down"]
