@@ -101,7 +101,7 @@ class Client(asyncio.Protocol):
         if self.started >= measure_from[0] and finished <= until[0]:
             self.latencies.append(finished - self.started)
             if head[9:12] != b"200":
-                self._count_error(head, buffer[end + 4:end + 4 + length])
+                _count_error(self.statuses, head[9:12].decode(), buffer[end + 4:end + 4 + length])
         self._send()
 
     def _send(self) -> None:
@@ -114,9 +114,6 @@ class Client(asyncio.Protocol):
             self.finished.set_result(None)
             return
         self.transport.write(self.requests[self.sent])
-
-    def _count_error(self, head: bytes, body: bytes) -> None:
-        _count_error(self.statuses, head[9:12].decode(), body)
 
 
 def _count_error(statuses: dict[str, int], status: str, body: bytes) -> None:
