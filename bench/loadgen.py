@@ -100,8 +100,9 @@ class Client(asyncio.Protocol):
         until, measure_from = self.window
         if self.started >= measure_from[0] and finished <= until[0]:
             self.latencies.append(finished - self.started)
-            if head[9:12] != b"200":
-                _count_error(self.statuses, head[9:12].decode(), buffer[end + 4:end + 4 + length])
+            status = head[9:12]
+            if status != b"200":
+                _count_error(self.statuses, status.decode(), buffer[end + 4:end + 4 + length])
         self._send()
 
     def _send(self) -> None:
